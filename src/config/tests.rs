@@ -1,0 +1,164 @@
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    Config::from_str("test.toml", text, Path::new("/tmp"))
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    load(text).expect_err("config should be refused").0
+}
+
+const BASE: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[[route]]
+host = "Example.com"
+service = "web"
+
+[service.web]
+blue = ["127.0.0.1:3001"]
+green = ["127.0.0.1:3002"]
+"#;
+
+#[test]
+fn a_valid_config_loads_with_defaults() {
+    let c = load(BASE).unwrap();
+    assert_eq!(c.listen.admin, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.routes[0].host, "example.com");
+    assert_eq!(c.routes[0].path_prefix, "/");
+    assert_eq!(c.state_dir, Path::new("/tmp/state"));
+    assert_eq!(c.token_file, Path::new("/tmp/state/admin.token"));
+    let web = c.service("web").unwrap();
+    assert!(web.releasable());
+    assert_eq!(web.connect_timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let text = format!("{BASE}bogus = 1\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 12);
+    assert_eq!(e[0].key, "service.web.bogus");
+    assert!(e[0].to_string().starts_with("test.toml:12:"), "{}", e[0]);
+}
+
+#[test]
+fn every_semantic_error_is_reported() {
+    let text = r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[[route]]
+host = "a.com"
+service = "missing"
+
+[[route]]
+host = "b.com"
+service = "one"
+
+[[route]]
+host = "B.com"
+service = "one"
+
+[service.one]
+blue = ["127.0.0.1:1"]
+
+[service.empty]
+blue = []
+green = ["not-an-address"]
+"#;
+    let e = errors(text);
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"route[0].service"), "{keys:?}");
+    assert!(keys.contains(&"service.one.blue"), "{keys:?}");
+    assert!(keys.contains(&"service.empty.blue"), "{keys:?}");
+    assert!(keys.contains(&"service.empty.green"), "{keys:?}");
+    let lines: Vec<usize> = e.iter().map(|e| e.line).collect();
+    assert!(lines.contains(&7), "{lines:?}");
+    assert!(lines.contains(&18), "{lines:?}");
+}
+
+#[test]
+fn duplicate_route_is_refused() {
+    let text = format!("{BASE}\n[[route]]\nhost = \"example.com\"\nservice = \"web\"\n");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1);
+    assert!(e[0].message.contains("already routed at test.toml:6"), "{}", e[0]);
+}
+
+#[test]
+fn wildcard_and_prefix_rules() {
+    let text = format!("{BASE}\n[[route]]\nhost = \"*.example.com\"\npath_prefix = \"api\"\nservice = \"web\"\n");
+    let e = errors(&text);
+    assert_eq!(e[0].key, "route[1].path_prefix");
+    let text = format!("{BASE}\n[[route]]\nhost = \"a.*.com\"\nservice = \"web\"\n");
+    assert_eq!(errors(&text)[0].key, "route[1].host");
+}
+
+#[test]
+fn single_pool_service_cannot_have_colors_features() {
+    let text = r#"
+[[route]]
+host = "a.com"
+service = "g"
+
+[service.g]
+backends = ["127.0.0.1:3000"]
+smoke = [{ path = "/" }]
+"#;
+    assert_eq!(errors(text)[0].key, "service.g");
+}
+
+#[test]
+fn shipped_route_files_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes");
+    for f in ["demo.toml", "example.toml"] {
+        let c = Config::load(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(!c.routes.is_empty());
+    }
+    let example = Config::load(&dir.join("example.toml")).unwrap();
+    let by_host = |h: &str| example.routes.iter().find(|r| r.host == h).map(|r| r.service.as_str());
+    assert_eq!(by_host("example.com"), Some("frontend"));
+    assert_eq!(by_host("api.example.com"), Some("api"));
+    assert_eq!(by_host("monitoring.example.com"), Some("grafana"));
+    assert!(!example.service("grafana").unwrap().releasable());
+}
+
+#[test]
+fn directory_merge_refuses_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), BASE).unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[service.web]\nbackends = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let e = Config::load(dir.path()).unwrap_err().0;
+    assert_eq!(e.len(), 1);
+    assert!(e[0].file.ends_with("b.toml"));
+    assert!(e[0].message.contains("already defined at"), "{}", e[0]);
+    assert_eq!(e[0].line, 1);
+}
+
+#[test]
+fn directory_merge_combines_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), BASE).unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[[route]]\nhost = \"grafana.example.com\"\nservice = \"grafana\"\n[service.grafana]\nbackends = [\"127.0.0.1:3000\"]\n",
+    )
+    .unwrap();
+    let c = Config::load(dir.path()).unwrap();
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.state_dir, dir.path().canonicalize().unwrap().join("state"));
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = errors("[listen\nhttp = 1\n");
+    assert_eq!(e[0].line, 1);
+}

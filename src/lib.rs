@@ -1,0 +1,22 @@
+//! Switchyard: an edge proxy and blue/green release controller on pingora.
+//!
+//! The pure core — `config`, `routing`, `color` — knows nothing of pingora or tokio. Around
+//! it: `snapshot` (the arc-swapped routing table), `pool` and `health` (backends),
+//! `proxy` (the request path), `admin` (the admin listener), `metrics`, and `server`, the one
+//! place that wires a pingora `Server` together.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod color;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod shared;
+pub mod snapshot;

@@ -1,0 +1,238 @@
+//! Prometheus metrics. Label handles are resolved once per (service, color) and kept in
+//! [`PoolMetrics`], so recording a request is a few atomic adds, not a label-map lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The color label of a service that has one pool and no colors.
+pub const NO_COLOR: &str = "default";
+
+/// Latency buckets in seconds: fine below 100 ms, where the SLO thresholds usually sit.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Why a request could not be proxied to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    ConnectRefused,
+    ConnectTimeout,
+    ReadTimeout,
+    Read,
+    Write,
+    Other,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 6] = [
+        UpstreamErrorKind::ConnectRefused,
+        UpstreamErrorKind::ConnectTimeout,
+        UpstreamErrorKind::ReadTimeout,
+        UpstreamErrorKind::Read,
+        UpstreamErrorKind::Write,
+        UpstreamErrorKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::ConnectRefused => "connect",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::ReadTimeout => "read_timeout",
+            UpstreamErrorKind::Read => "read",
+            UpstreamErrorKind::Write => "write",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    pub active_color: IntGaugeVec,
+    pub canary_weight: IntGaugeVec,
+    pub switches: IntCounterVec,
+    pub rollbacks: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    pub cert_expiry: GaugeVec,
+    pub acme_orders: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pools: Mutex<HashMap<(String, &'static str), Arc<PoolMetrics>>>,
+    unrouted: OnceLock<Arc<PoolMetrics>>,
+}
+
+/// Handles for one (service, color).
+pub struct PoolMetrics {
+    labels: [String; 2],
+    requests_vec: IntCounterVec,
+    /// Indexed by status - 100; filled on first use of a status, then lock-free.
+    requests: Box<[OnceLock<IntCounter>]>,
+    pub duration: Histogram,
+    upstream_errors: Vec<IntCounter>,
+}
+
+impl PoolMetrics {
+    #[inline]
+    pub fn record(&self, status: u16, seconds: f64) {
+        let idx = status.clamp(100, 599) as usize - 100;
+        self.requests[idx]
+            .get_or_init(|| {
+                let code = status.to_string();
+                self.requests_vec
+                    .with_label_values(&[&self.labels[0], &self.labels[1], &code])
+            })
+            .inc();
+        self.duration.observe(seconds);
+    }
+
+    #[inline]
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].inc();
+    }
+}
+
+fn new<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            new(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+        };
+        let gv = |name: &str, help: &str, labels: &[&str]| {
+            new(&r, IntGaugeVec::new(Opts::new(name, help), labels).unwrap())
+        };
+        Metrics {
+            requests: cv(
+                "switchyard_requests_total",
+                "Requests answered, by service, color and status code.",
+                &["service", "color", "code"],
+            ),
+            duration: new(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "switchyard_request_duration_seconds",
+                        "Time from request to the end of the response, by service and color.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["service", "color"],
+                )
+                .unwrap(),
+            ),
+            upstream_errors: cv(
+                "switchyard_upstream_errors_total",
+                "Failures talking to a backend, by kind (connect, connect_timeout, read_timeout, read, write, other).",
+                &["service", "color", "kind"],
+            ),
+            active_color: gv(
+                "switchyard_active_color",
+                "1 for the color a service sends its traffic to, 0 for the other.",
+                &["service", "color"],
+            ),
+            canary_weight: gv(
+                "switchyard_canary_weight",
+                "Share of requests (0-100) sent to the canary color.",
+                &["service"],
+            ),
+            switches: cv(
+                "switchyard_switches_total",
+                "Release switches, by result.",
+                &["service", "result"],
+            ),
+            rollbacks: cv(
+                "switchyard_rollbacks_total",
+                "Rollbacks, by reason.",
+                &["service", "reason"],
+            ),
+            backend_up: gv(
+                "switchyard_backend_up",
+                "1 while a backend passes its health checks.",
+                &["service", "color", "backend"],
+            ),
+            cert_expiry: new(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "switchyard_cert_expiry_timestamp_seconds",
+                        "Unix time at which the certificate served for a host expires.",
+                    ),
+                    &["host"],
+                )
+                .unwrap(),
+            ),
+            acme_orders: cv(
+                "switchyard_acme_orders_total",
+                "ACME orders, by result.",
+                &["result"],
+            ),
+            config_reloads: cv(
+                "switchyard_config_reloads_total",
+                "Config reloads, by result.",
+                &["result"],
+            ),
+            registry: r,
+            pools: Mutex::new(HashMap::new()),
+            unrouted: OnceLock::new(),
+        }
+    }
+
+    /// The handles of one (service, color), created on first use and shared afterwards, so a
+    /// reload keeps the same counters.
+    pub fn pool(&self, service: &str, color: &'static str) -> Arc<PoolMetrics> {
+        let mut pools = self.pools.lock().unwrap();
+        pools
+            .entry((service.to_string(), color))
+            .or_insert_with(|| self.make_pool(service, color))
+            .clone()
+    }
+
+    fn make_pool(&self, service: &str, color: &'static str) -> Arc<PoolMetrics> {
+        Arc::new(PoolMetrics {
+            labels: [service.to_string(), color.to_string()],
+            requests_vec: self.requests.clone(),
+            requests: (100..600).map(|_| OnceLock::new()).collect(),
+            duration: self.duration.with_label_values(&[service, color]),
+            upstream_errors: UpstreamErrorKind::ALL
+                .iter()
+                .map(|k| {
+                    self.upstream_errors
+                        .with_label_values(&[service, color, k.as_str()])
+                })
+                .collect(),
+        })
+    }
+
+    /// Requests that matched no route (service and color labels empty).
+    pub fn unrouted(&self) -> &PoolMetrics {
+        self.unrouted.get_or_init(|| self.make_pool("", ""))
+    }
+
+    pub fn backend_up(&self, service: &str, color: &str, backend: &str) -> IntGauge {
+        self.backend_up.with_label_values(&[service, color, backend])
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}

@@ -1,0 +1,200 @@
+//! Wires the pingora `Server`: the proxy listener, the admin listener, health checks and,
+//! for the demo, the built-in backends. The only module that sees all the parts.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::AdminApp;
+use crate::color::Color;
+use crate::config::{Config, Pools};
+use crate::demo::DemoBackend;
+use crate::health::HealthChecker;
+use crate::proxy::EdgeProxy;
+use crate::shared::Shared;
+use crate::snapshot::{self, Overrides, Retained};
+
+pub struct RunOptions {
+    /// Start the built-in blue and green demo backends on the addresses of the demo service.
+    pub demo_service: Option<String>,
+}
+
+/// Fails early, with the key's name, when a listen address is taken: pingora would panic.
+fn preflight_bind(what: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| format!("cannot listen on {what} = {addr}"))
+}
+
+/// Runs until SIGTERM (graceful) or SIGINT (at once).
+pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state.dir {}", config.state_dir.display()))?;
+    if let Some(a) = config.listen.http {
+        preflight_bind("listen.http", a)?;
+    }
+    preflight_bind("listen.admin", config.listen.admin)?;
+    if config.listen.https.is_some() || config.tls.is_some() {
+        tracing::warn!("TLS termination is not built yet: listen.https and [tls] are ignored");
+    }
+
+    let retained = Retained::default();
+    let snap = snapshot::build(config.clone(), &BTreeMap::new(), &Overrides::new(), &retained);
+    let shared = Shared::new(snap, retained);
+
+    let conf = ServerConf {
+        threads: config.threads,
+        work_stealing: false,
+        // The drain itself is bounded by our own watcher (see `Signals`); pingora's sleep is
+        // only the upper bound.
+        grace_period_seconds: Some(config.grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 1024,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let conf = server.configuration.clone();
+
+    let mut services: Vec<Box<dyn pingora_core::services::ServiceWithDependents>> = Vec::new();
+    if let Some(http) = config.listen.http {
+        let mut proxy = pingora_proxy::http_proxy_service_with_name(
+            &conf,
+            EdgeProxy {
+                shared: shared.clone(),
+                tls: false,
+            },
+            "proxy http",
+        );
+        proxy.add_tcp(&http.to_string());
+        services.push(Box::new(proxy));
+    }
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp {
+            shared: shared.clone(),
+        },
+    );
+    admin.add_tcp(&config.listen.admin.to_string());
+    admin.threads = Some(1);
+    services.push(Box::new(admin));
+
+    let health = background_service(
+        "health checks",
+        HealthChecker {
+            shared: shared.clone(),
+        },
+    );
+    services.push(Box::new(health));
+
+    if let Some(name) = &opts.demo_service {
+        let Some(svc) = config.service(name) else {
+            bail!("the demo config has no service `{name}`");
+        };
+        let Pools::Colors { blue, green } = &svc.pools else {
+            bail!("the demo service `{name}` needs blue and green backends");
+        };
+        for (color, addrs) in [(Color::Blue, blue), (Color::Green, green)] {
+            for addr in addrs {
+                preflight_bind(&format!("demo {color} backend"), *addr)?;
+                let mut backend = Service::new(
+                    format!("demo {color} {addr}"),
+                    DemoBackend {
+                        color: color.as_str(),
+                    },
+                );
+                backend.add_tcp(&addr.to_string());
+                backend.threads = Some(1);
+                services.push(Box::new(backend));
+            }
+        }
+    }
+    for s in services {
+        server.add_boxed_service(s);
+    }
+
+    tracing::info!(
+        http = ?config.listen.http,
+        admin = %config.listen.admin,
+        threads = config.threads,
+        routes = config.routes.len(),
+        services = config.services.len(),
+        "switchyard is running"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            shared,
+            grace: config.grace,
+        }),
+    });
+    Ok(())
+}
+
+/// SIGTERM: stop accepting, let in-flight requests finish, and exit as soon as none is left
+/// (or the grace runs out). SIGINT: exit at once.
+struct Signals {
+    shared: Arc<Shared>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(grace_s = self.grace.as_secs(), "SIGTERM: draining in-flight requests");
+                    let shared = self.shared.clone();
+                    let grace = self.grace;
+                    std::thread::spawn(move || exit_when_drained(&shared, grace));
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: exiting now");
+                    return ShutdownSignal::FastShutdown;
+                }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reload is not built yet");
+                }
+            }
+        }
+    }
+}
+
+fn exit_when_drained(shared: &Shared, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    // Let the listeners see the shutdown before counting.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut idle_polls = 0;
+    while Instant::now() < deadline {
+        if shared.retained.total_inflight() <= 0 {
+            idle_polls += 1;
+            if idle_polls >= 3 {
+                tracing::info!("drained: exiting");
+                std::process::exit(0);
+            }
+        } else {
+            idle_polls = 0;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::warn!(
+        inflight = shared.retained.total_inflight(),
+        "grace period over: exiting with requests still in flight"
+    );
+    std::process::exit(0);
+}

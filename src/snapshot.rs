@@ -1,0 +1,210 @@
+//! The routing snapshot: everything a request needs, built aside and published whole with
+//! one `ArcSwap::store`, so a request sees the old table or the new one, never a mix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::color::Color;
+use crate::config::{Config, Pools, ServiceConfig};
+use crate::metrics::{self, NO_COLOR};
+use crate::pool::{Backend, Pool, PoolLoad};
+use crate::routing::RouteTable;
+
+/// How a releasable service's traffic is split right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    pub active: Color,
+    pub previous: Option<Color>,
+    /// The canary color and its share of requests, 0–100.
+    pub canary: Option<(Color, u8)>,
+}
+
+impl Default for Release {
+    fn default() -> Self {
+        Release {
+            active: Color::Blue,
+            previous: None,
+            canary: None,
+        }
+    }
+}
+
+pub struct ServiceRuntime {
+    pub name: String,
+    pub config: ServiceConfig,
+    /// The Host used for health and smoke checks: the service's first routed host.
+    pub check_host: String,
+    pub release: Option<Release>,
+    /// Blue then green for a releasable service; one pool otherwise.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl ServiceRuntime {
+    pub fn releasable(&self) -> bool {
+        self.release.is_some()
+    }
+
+    /// The pool new requests go to.
+    #[inline]
+    pub fn active_pool(&self) -> &Arc<Pool> {
+        match &self.release {
+            Some(r) => &self.pools[r.active.index()],
+            None => &self.pools[0],
+        }
+    }
+
+    pub fn pool(&self, color: Color) -> Option<&Arc<Pool>> {
+        self.release.as_ref().map(|_| &self.pools[color.index()])
+    }
+}
+
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub routes: RouteTable,
+    pub services: Vec<Arc<ServiceRuntime>>,
+}
+
+impl Snapshot {
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceRuntime>> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// Objects that outlive one snapshot: backends (with their health) and per-color load
+/// counters. The builder reuses them so a reload or switch loses neither.
+#[derive(Default)]
+pub struct Retained {
+    inner: Mutex<RetainedInner>,
+}
+
+#[derive(Default)]
+struct RetainedInner {
+    backends: HashMap<(String, &'static str, SocketAddr), Arc<Backend>>,
+    loads: HashMap<(String, &'static str), Arc<PoolLoad>>,
+}
+
+impl Retained {
+    pub fn load(&self, service: &str, color: &'static str) -> Arc<PoolLoad> {
+        let mut g = self.inner.lock().unwrap();
+        g.loads
+            .entry((service.to_string(), color))
+            .or_default()
+            .clone()
+    }
+
+    /// Requests in flight on every pool, for a graceful shutdown.
+    pub fn total_inflight(&self) -> i64 {
+        let g = self.inner.lock().unwrap();
+        g.loads
+            .values()
+            .map(|l| l.inflight.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    fn backend(&self, service: &str, color: &'static str, addr: SocketAddr) -> Arc<Backend> {
+        let mut g = self.inner.lock().unwrap();
+        g.backends
+            .entry((service.to_string(), color, addr))
+            .or_insert_with(|| {
+                let up = metrics::global().backend_up(service, color, &addr.to_string());
+                Arc::new(Backend::new(addr, up))
+            })
+            .clone()
+    }
+
+    /// Forgets backends no snapshot lists any more (and their `backend_up` series).
+    fn prune(&self, live: &[Arc<ServiceRuntime>]) {
+        let mut g = self.inner.lock().unwrap();
+        g.backends.retain(|(service, color, addr), _| {
+            let keep = live.iter().any(|s| {
+                s.name == *service
+                    && s.pools
+                        .iter()
+                        .any(|p| p.color_label == *color && p.backends.iter().any(|b| b.addr == *addr))
+            });
+            if !keep {
+                let _ = metrics::global().backend_up.remove_label_values(&[
+                    service.as_str(),
+                    color,
+                    &addr.to_string(),
+                ]);
+            }
+            keep
+        });
+    }
+}
+
+/// Backend lists set at runtime (`releasectl backends`), overriding the config's.
+pub type Overrides = BTreeMap<String, BTreeMap<Color, Vec<SocketAddr>>>;
+
+/// Builds a snapshot from a config, the release state of each releasable service and the
+/// backend overrides.
+pub fn build(
+    config: Arc<Config>,
+    releases: &BTreeMap<String, Release>,
+    overrides: &Overrides,
+    retained: &Retained,
+) -> Snapshot {
+    let m = metrics::global();
+    let mut services = Vec::with_capacity(config.services.len());
+    for (name, sc) in &config.services {
+        let make_pool = |label: &'static str, addrs: &[SocketAddr]| {
+            let backends = addrs
+                .iter()
+                .map(|a| retained.backend(name, label, *a))
+                .collect();
+            Arc::new(Pool::new(
+                label,
+                backends,
+                m.pool(name, label),
+                retained.load(name, label),
+            ))
+        };
+        let (release, pools) = match &sc.pools {
+            Pools::Single(addrs) => (None, vec![make_pool(NO_COLOR, addrs)]),
+            Pools::Colors { blue, green } => {
+                let release = releases.get(name).copied().unwrap_or_default();
+                let over = overrides.get(name);
+                let pick = |c: Color, from_config: &Vec<SocketAddr>| {
+                    over.and_then(|o| o.get(&c)).cloned().unwrap_or_else(|| from_config.clone())
+                };
+                let pools = vec![
+                    make_pool(Color::Blue.as_str(), &pick(Color::Blue, blue)),
+                    make_pool(Color::Green.as_str(), &pick(Color::Green, green)),
+                ];
+                for c in Color::ALL {
+                    m.active_color
+                        .with_label_values(&[name, c.as_str()])
+                        .set((c == release.active) as i64);
+                }
+                m.canary_weight
+                    .with_label_values(&[name])
+                    .set(release.canary.map_or(0, |(_, w)| w as i64));
+                (Some(release), pools)
+            }
+        };
+        let check_host = config
+            .routes
+            .iter()
+            .find(|r| r.service == *name)
+            .map(|r| r.host.trim_start_matches("*.").to_string())
+            .unwrap_or_else(|| "localhost".to_string());
+        services.push(Arc::new(ServiceRuntime {
+            name: name.clone(),
+            config: sc.clone(),
+            check_host,
+            release,
+            pools,
+        }));
+    }
+    let routes = RouteTable::build(&config.routes, |s| {
+        services.iter().position(|svc| svc.name == s)
+    });
+    retained.prune(&services);
+    Snapshot {
+        config,
+        routes,
+        services,
+    }
+}
