@@ -8,15 +8,21 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod color;
 pub mod config;
+pub mod controller;
 pub mod demo;
 pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod release;
 pub mod routing;
 pub mod server;
 pub mod shared;
+pub mod smoke;
 pub mod snapshot;
+pub mod store;
+pub mod token;

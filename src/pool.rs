@@ -1,7 +1,7 @@
 //! Backends and the pools they form: round robin over the healthy ones.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prometheus::IntGauge;
@@ -74,6 +74,20 @@ pub struct PoolLoad {
     pub inflight: AtomicI64,
     /// Upgraded (WebSocket) connections open right now.
     pub upgraded: AtomicI64,
+    /// Unix ms after which upgraded connections still open on this color are closed; 0 while
+    /// the color is serving. Set when traffic moves away (now + `drain_timeout_s`).
+    pub drain_deadline_ms: AtomicU64,
+}
+
+impl PoolLoad {
+    /// True once this color was switched away from and its drain timeout passed.
+    pub fn drain_expired(&self) -> bool {
+        let d = self.drain_deadline_ms.load(Ordering::Relaxed);
+        d != 0
+            && std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .is_ok_and(|now| now.as_millis() as u64 >= d)
+    }
 }
 
 /// The backends of one color of one service, as of one snapshot.

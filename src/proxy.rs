@@ -364,6 +364,27 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        check_drain(ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        check_drain(ctx)?;
+        Ok(None)
+    }
+
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         // Clients going away are routine at an edge; don't log them as errors.
         matches!(
@@ -371,6 +392,21 @@ impl ProxyHttp for EdgeProxy {
             pingora_core::ErrorSource::Downstream
         )
     }
+}
+
+/// An upgraded connection stays on the color it opened on until it closes or that color's
+/// drain timeout passes; then the next frame in either direction closes it.
+#[inline]
+fn check_drain(ctx: &RequestCtx) -> Result<()> {
+    if let Some(UpgradedGuard(load)) = &ctx._upgraded {
+        if load.drain_expired() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "drain timeout passed: closing the upgraded connection",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Header edits through pingora's own methods, which keep its case map in step.

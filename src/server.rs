@@ -1,7 +1,6 @@
 //! Wires the pingora `Server`: the proxy listener, the admin listener, health checks and,
 //! for the demo, the built-in backends. The only module that sees all the parts.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +19,9 @@ use crate::config::{Config, Pools};
 use crate::demo::DemoBackend;
 use crate::health::HealthChecker;
 use crate::proxy::EdgeProxy;
+use crate::controller::Controller;
 use crate::shared::Shared;
-use crate::snapshot::{self, Overrides, Retained};
+use crate::token;
 
 pub struct RunOptions {
     /// Start the built-in blue and green demo backends on the addresses of the demo service.
@@ -38,8 +38,6 @@ fn preflight_bind(what: &str, addr: SocketAddr) -> anyhow::Result<()> {
 /// Runs until SIGTERM (graceful) or SIGINT (at once).
 pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create state.dir {}", config.state_dir.display()))?;
     if let Some(a) = config.listen.http {
         preflight_bind("listen.http", a)?;
     }
@@ -48,9 +46,11 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         tracing::warn!("TLS termination is not built yet: listen.https and [tls] are ignored");
     }
 
-    let retained = Retained::default();
-    let snap = snapshot::build(config.clone(), &BTreeMap::new(), &Overrides::new(), &retained);
-    let shared = Shared::new(snap, retained);
+    let controller = Controller::open((*config).clone())?;
+    let shared = controller.shared().clone();
+    let token = token::load_or_create(&config.token_file).with_context(|| {
+        format!("admin.token_file {}", config.token_file.display())
+    })?;
 
     let conf = ServerConf {
         threads: config.threads,
@@ -83,7 +83,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let mut admin = Service::new(
         "admin".to_string(),
         AdminApp {
-            shared: shared.clone(),
+            controller: controller.clone(),
+            token,
         },
     );
     admin.add_tcp(&config.listen.admin.to_string());
@@ -134,6 +135,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     );
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
+            controller,
             shared,
             grace: config.grace,
         }),
@@ -144,6 +146,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 /// SIGTERM: stop accepting, let in-flight requests finish, and exit as soon as none is left
 /// (or the grace runs out). SIGINT: exit at once.
 struct Signals {
+    controller: Arc<Controller>,
     shared: Arc<Shared>,
     grace: Duration,
 }
@@ -168,7 +171,9 @@ impl ShutdownSignalWatch for Signals {
                     return ShutdownSignal::FastShutdown;
                 }
                 _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reload is not built yet");
+                    tracing::info!("SIGHUP: reloading the config");
+                    // Errors are logged by the controller; the old config keeps serving.
+                    let _ = self.controller.reload().await;
                 }
             }
         }

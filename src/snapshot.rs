@@ -6,36 +6,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::color::Color;
+use crate::release::{ReleaseState, ServiceRelease};
 use crate::config::{Config, Pools, ServiceConfig};
 use crate::metrics::{self, NO_COLOR};
 use crate::pool::{Backend, Pool, PoolLoad};
 use crate::routing::RouteTable;
-
-/// How a releasable service's traffic is split right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Release {
-    pub active: Color,
-    pub previous: Option<Color>,
-    /// The canary color and its share of requests, 0–100.
-    pub canary: Option<(Color, u8)>,
-}
-
-impl Default for Release {
-    fn default() -> Self {
-        Release {
-            active: Color::Blue,
-            previous: None,
-            canary: None,
-        }
-    }
-}
 
 pub struct ServiceRuntime {
     pub name: String,
     pub config: ServiceConfig,
     /// The Host used for health and smoke checks: the service's first routed host.
     pub check_host: String,
-    pub release: Option<Release>,
+    pub release: Option<ServiceRelease>,
     /// Blue then green for a releasable service; one pool otherwise.
     pub pools: Vec<Arc<Pool>>,
 }
@@ -142,7 +124,7 @@ pub type Overrides = BTreeMap<String, BTreeMap<Color, Vec<SocketAddr>>>;
 /// backend overrides.
 pub fn build(
     config: Arc<Config>,
-    releases: &BTreeMap<String, Release>,
+    releases: &ReleaseState,
     overrides: &Overrides,
     retained: &Retained,
 ) -> Snapshot {
@@ -164,7 +146,7 @@ pub fn build(
         let (release, pools) = match &sc.pools {
             Pools::Single(addrs) => (None, vec![make_pool(NO_COLOR, addrs)]),
             Pools::Colors { blue, green } => {
-                let release = releases.get(name).copied().unwrap_or_default();
+                let release = releases.get(name);
                 let over = overrides.get(name);
                 let pick = |c: Color, from_config: &Vec<SocketAddr>| {
                     over.and_then(|o| o.get(&c)).cloned().unwrap_or_else(|| from_config.clone())
@@ -180,7 +162,7 @@ pub fn build(
                 }
                 m.canary_weight
                     .with_label_values(&[name])
-                    .set(release.canary.map_or(0, |(_, w)| w as i64));
+                    .set(release.canary.as_ref().map_or(0, |c| c.weight as i64));
                 (Some(release), pools)
             }
         };

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One command for every test on a fresh Debian machine with Rust: installs what the tests
+# need when missing (cmake for the build, pebble for the ACME tests), checks formatting and
+# clippy, then runs the unit and integration tests with cargo-nextest (cargo test if absent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh cmake=cmake pebble=pebble pebble-challtestsrv=pebble curl=curl
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast --status-level fail --final-status-level slow
+else
+  cargo test --no-fail-fast
+fi

@@ -1,0 +1,140 @@
+//! Request and response bodies of the admin API, shared by the daemon and `releasectl`.
+//! Fields may be added, never renamed (SPEC: Admin API).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+use crate::release::Change;
+use crate::store::HistoryEvent;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchRequest {
+    pub color: Color,
+    /// Empty: every releasable service.
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub skip_smoke: bool,
+    #[serde(default)]
+    pub wait_drain: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub wait_drain: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeRequest {
+    pub color: Color,
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendsRequest {
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub addr: String,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    pub color: Color,
+    pub weight: u8,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub releasable: bool,
+    /// None for a service with one pool.
+    pub active: Option<Color>,
+    pub previous: Option<Color>,
+    pub canary: Option<CanaryStatus>,
+    /// "blue"/"green" (or "default" for one pool) → backends.
+    pub backends: BTreeMap<String, Vec<BackendStatus>>,
+    /// Requests in flight per color, upgraded connections included.
+    pub inflight: BTreeMap<String, i64>,
+    /// Open upgraded (WebSocket) connections per color.
+    pub upgraded: BTreeMap<String, i64>,
+    /// Set when the controller raised an alarm it could not act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub services: BTreeMap<String, ServiceStatus>,
+}
+
+/// One smoke check against one backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmokeResult {
+    pub service: String,
+    pub backend: String,
+    pub path: String,
+    /// e.g. `status 200` or `status 200 and body containing "ok"`.
+    pub expected: String,
+    /// e.g. `status 503`, `connection refused`.
+    pub got: String,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// True when the old colors had nothing in flight before the timeout.
+    pub drained: bool,
+    pub waited_ms: u64,
+    /// What was still in flight on the old colors when we stopped waiting.
+    pub remaining: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseResponse {
+    /// What moved; empty when every service already was where asked.
+    pub changed: Vec<Change>,
+    pub smoke: Vec<SmokeResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainReport>,
+    pub status: StatusResponse,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmokeResponse {
+    pub passed: bool,
+    pub results: Vec<SmokeResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub events: Vec<HistoryEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    pub routes: usize,
+    pub services: usize,
+}
+
+/// The body of every 4xx/5xx answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// Failed smoke checks, when that is why a switch was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<SmokeResult>,
+    /// Config errors, when that is why a reload was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}

@@ -1,0 +1,564 @@
+//! The release controller: owns the release state, runs smoke checks, persists, and
+//! publishes routing snapshots. Every command holds one async lock, so releases never
+//! interleave; requests never take it.
+//!
+//! Order of a release: check → build the new snapshot aside → persist → swap → answer.
+//! Persisting before the swap means a failed write changes nothing (the SPEC lists swap
+//! before persist; this order keeps disk and traffic in agreement when the disk fails).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::api::*;
+use crate::color::Color;
+use crate::config::{resolve_addr, Config};
+use crate::metrics;
+use crate::release::{Change, Command, ReleaseState};
+use crate::shared::Shared;
+use crate::smoke;
+use crate::snapshot::{self, Overrides, Retained, Snapshot};
+use crate::store::{FileStore, HistoryEvent, PersistedState, StateStore, STATE_VERSION};
+
+/// An API error: HTTP status and body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+struct Inner {
+    config: Arc<Config>,
+    state: PersistedState,
+}
+
+pub struct Controller {
+    shared: Arc<Shared>,
+    store: Box<dyn StateStore>,
+    inner: tokio::sync::Mutex<Inner>,
+    client: reqwest::Client,
+}
+
+fn parse_overrides(state: &PersistedState) -> Result<Overrides, String> {
+    let mut out = Overrides::new();
+    for (service, colors) in &state.overrides {
+        for (color, addrs) in colors {
+            let parsed = addrs
+                .iter()
+                .map(|a| resolve_addr(a))
+                .collect::<Result<Vec<SocketAddr>, String>>()
+                .map_err(|e| format!("override of {service} {color}: {e}"))?;
+            out.entry(service.clone()).or_default().insert(*color, parsed);
+        }
+    }
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Controller {
+    /// Loads the persisted state (refusing to start on a broken state file) and builds the
+    /// first snapshot from it.
+    pub fn open(config: Config) -> anyhow::Result<Arc<Controller>> {
+        let config = Arc::new(config);
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create state.dir {}", config.state_dir.display()))?;
+        let store = FileStore::new(&config.state_dir);
+        let state = store.load()?.unwrap_or(PersistedState {
+            version: STATE_VERSION,
+            ..Default::default()
+        });
+        let overrides = parse_overrides(&state)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", store.state_path().display()))?;
+        let retained = Retained::default();
+        let snap = snapshot::build(config.clone(), &state.releases, &overrides, &retained);
+        let shared = Shared::new(snap, retained);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .context("HTTP client")?;
+        for (name, r) in &state.releases.services {
+            if config.service(name).is_some_and(|s| s.releasable()) {
+                tracing::info!(service = %name, active = %r.active, "release state restored");
+            }
+        }
+        Ok(Arc::new(Controller {
+            shared,
+            store: Box::new(store),
+            inner: tokio::sync::Mutex::new(Inner { config, state }),
+            client,
+        }))
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn build(&self, config: Arc<Config>, state: &PersistedState) -> Result<Snapshot, ApiError> {
+        let overrides = parse_overrides(state).map_err(|e| ApiError::new(400, e))?;
+        Ok(snapshot::build(
+            config,
+            &state.releases,
+            &overrides,
+            &self.shared.retained,
+        ))
+    }
+
+    fn history_event(&self, event: HistoryEvent) {
+        if let Err(e) = self.store.append_history(&event) {
+            tracing::error!("history: {e}");
+        }
+    }
+
+    /// The services a release acts on: the named ones, or every releasable one.
+    fn targets(config: &Config, requested: &[String]) -> Result<Vec<String>, ApiError> {
+        if requested.is_empty() {
+            let all: Vec<String> = config
+                .services
+                .values()
+                .filter(|s| s.releasable())
+                .map(|s| s.name.clone())
+                .collect();
+            if all.is_empty() {
+                return Err(ApiError::new(400, "no releasable service (none has blue and green)"));
+            }
+            return Ok(all);
+        }
+        let mut out = Vec::new();
+        for name in requested {
+            match config.service(name) {
+                None => return Err(ApiError::new(404, format!("no service `{name}`"))),
+                Some(s) if !s.releasable() => {
+                    return Err(ApiError::new(
+                        400,
+                        format!("service `{name}` is not releasable (it has one pool, no colors)"),
+                    ))
+                }
+                Some(_) => {
+                    if !out.contains(name) {
+                        out.push(name.clone())
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn status(&self) -> StatusResponse {
+        status_of(&self.shared.snapshot.load())
+    }
+
+    /// Smoke checks of `color` for `services` against the current snapshot's backends, plus
+    /// a failure for a pool whose health checks find no healthy backend.
+    async fn run_smoke(&self, services: &[String], color: Color) -> Vec<SmokeResult> {
+        let snap = self.shared.snapshot.load_full();
+        let mut targets = Vec::new();
+        let mut results = Vec::new();
+        for name in services {
+            let Some(svc) = snap.service(name) else { continue };
+            let Some(pool) = svc.pool(color) else { continue };
+            if let Some(hc) = &svc.config.health_check {
+                if pool.healthy_count() == 0 {
+                    results.push(SmokeResult {
+                        service: name.clone(),
+                        backend: "*".into(),
+                        path: hc.path.clone(),
+                        expected: "at least one backend passing health checks".into(),
+                        got: format!("0 of {} healthy", pool.backends.len()),
+                        ok: false,
+                    });
+                }
+            }
+            targets.push(smoke::Target {
+                service: &svc.name,
+                host: &svc.check_host,
+                checks: &svc.config.smoke,
+                backends: pool.backends.iter().map(|b| b.addr).collect(),
+            });
+        }
+        results.extend(smoke::run(&self.client, &targets).await);
+        results
+    }
+
+    pub async fn smoke(&self, req: SmokeRequest) -> Result<SmokeResponse, ApiError> {
+        let services = {
+            let inner = self.inner.lock().await;
+            Self::targets(&inner.config, &req.services)?
+        };
+        let results = self.run_smoke(&services, req.color).await;
+        Ok(SmokeResponse {
+            passed: results.iter().all(|r| r.ok),
+            results,
+        })
+    }
+
+    pub async fn switch(&self, req: SwitchRequest) -> Result<ReleaseResponse, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let services = Self::targets(&inner.config, &req.services)?;
+        let cmd = Command::Switch {
+            services: services.clone(),
+            to: req.color,
+        };
+        let (next, changes) = inner
+            .state
+            .releases
+            .apply(&cmd)
+            .map_err(|r| ApiError::new(409, r.to_string()))?;
+        let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
+        let smoke = if req.skip_smoke || moving.is_empty() {
+            Vec::new()
+        } else {
+            self.run_smoke(&moving, req.color).await
+        };
+        let failures: Vec<SmokeResult> = smoke.iter().filter(|r| !r.ok).cloned().collect();
+        if !failures.is_empty() {
+            for s in &moving {
+                metrics::global()
+                    .switches
+                    .with_label_values(&[s, "refused"])
+                    .inc();
+            }
+            self.history_event(HistoryEvent::now(
+                "switch",
+                moving,
+                "refused",
+                json!({ "to": req.color, "failures": failures }),
+            ));
+            return Err(ApiError {
+                status: 409,
+                body: ErrorBody {
+                    error: format!(
+                        "{} smoke check(s) failed on {}: nothing changed",
+                        failures.len(),
+                        req.color
+                    ),
+                    failures,
+                    ..Default::default()
+                },
+            });
+        }
+        self.commit(&mut inner, next, &changes, "switch", json!({ "to": req.color, "skip_smoke": req.skip_smoke }))?;
+        drop(inner);
+        let drain = if req.wait_drain {
+            Some(self.wait_drain(&changes).await)
+        } else {
+            None
+        };
+        Ok(ReleaseResponse {
+            changed: changes,
+            smoke,
+            drain,
+            status: self.status(),
+        })
+    }
+
+    pub async fn rollback(&self, req: RollbackRequest) -> Result<ReleaseResponse, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let services = Self::targets(&inner.config, &req.services)?;
+        let (next, changes) = inner
+            .state
+            .releases
+            .apply(&Command::Rollback { services })
+            .map_err(|r| ApiError::new(409, r.to_string()))?;
+        self.commit(&mut inner, next, &changes, "rollback", json!({ "reason": "manual" }))?;
+        drop(inner);
+        let drain = if req.wait_drain {
+            Some(self.wait_drain(&changes).await)
+        } else {
+            None
+        };
+        Ok(ReleaseResponse {
+            changed: changes,
+            smoke: Vec::new(),
+            drain,
+            status: self.status(),
+        })
+    }
+
+    /// Persists `next`, then publishes it: a failed write leaves disk and traffic unchanged.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        next: ReleaseState,
+        changes: &[Change],
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut state = inner.state.clone();
+        state.releases = next;
+        let snap = self.build(inner.config.clone(), &state)?;
+        if let Err(e) = self.store.save(&state) {
+            tracing::error!("{e}");
+            for c in changes {
+                metrics::global()
+                    .switches
+                    .with_label_values(&[&c.service, "failed"])
+                    .inc();
+            }
+            return Err(ApiError::new(500, format!("{e}: nothing changed")));
+        }
+        let deadline_base = now_ms();
+        for c in changes {
+            let drain = inner
+                .config
+                .service(&c.service)
+                .map_or(Duration::ZERO, |s| s.drain_timeout);
+            let retained = &self.shared.retained;
+            retained
+                .load(&c.service, c.from.as_str())
+                .drain_deadline_ms
+                .store(deadline_base + drain.as_millis() as u64, Ordering::Relaxed);
+            retained
+                .load(&c.service, c.to.as_str())
+                .drain_deadline_ms
+                .store(0, Ordering::Relaxed);
+        }
+        self.shared.publish(snap);
+        inner.state = state;
+        for c in changes {
+            metrics::global()
+                .switches
+                .with_label_values(&[&c.service, "ok"])
+                .inc();
+            tracing::info!(service = %c.service, from = %c.from, to = %c.to, action, "traffic moved");
+        }
+        let mut detail = detail;
+        detail["changes"] = json!(changes);
+        self.history_event(HistoryEvent::now(
+            action,
+            changes.iter().map(|c| c.service.clone()).collect(),
+            "ok",
+            detail,
+        ));
+        Ok(())
+    }
+
+    /// Waits until the colors traffic left have nothing in flight, or the longest drain
+    /// timeout of the services involved passes.
+    async fn wait_drain(&self, changes: &[Change]) -> DrainReport {
+        let start = Instant::now();
+        let timeout = {
+            let snap = self.shared.snapshot.load();
+            changes
+                .iter()
+                .filter_map(|c| snap.service(&c.service))
+                .map(|s| s.config.drain_timeout)
+                .max()
+                .unwrap_or_default()
+        };
+        let loads: Vec<(String, _)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    format!("{}/{}", c.service, c.from),
+                    self.shared.retained.load(&c.service, c.from.as_str()),
+                )
+            })
+            .collect();
+        loop {
+            let remaining: BTreeMap<String, i64> = loads
+                .iter()
+                .map(|(k, l)| (k.clone(), l.inflight.load(Ordering::Relaxed).max(0)))
+                .filter(|(_, n)| *n > 0)
+                .collect();
+            let waited = start.elapsed();
+            if remaining.is_empty() || waited >= timeout {
+                return DrainReport {
+                    drained: remaining.is_empty(),
+                    waited_ms: waited.as_millis() as u64,
+                    remaining,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn set_backends(
+        &self,
+        service: &str,
+        color: &str,
+        req: BackendsRequest,
+    ) -> Result<StatusResponse, ApiError> {
+        let color: Color = color.parse().map_err(|e: String| ApiError::new(400, e))?;
+        let mut inner = self.inner.lock().await;
+        Self::targets(&inner.config, &[service.to_string()])?;
+        if req.backends.is_empty() {
+            return Err(ApiError::new(400, "a color needs at least one backend"));
+        }
+        let mut addrs = Vec::new();
+        for a in &req.backends {
+            let addr = resolve_addr(a).map_err(|e| ApiError::new(400, e))?;
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        let release = inner.state.releases.get(service);
+        let live = release.active == color || release.canary.as_ref().is_some_and(|c| c.color == color);
+        if live && !req.force {
+            return Err(ApiError::new(
+                409,
+                format!("{color} is serving traffic for `{service}`: pass force to replace its backends"),
+            ));
+        }
+        let mut state = inner.state.clone();
+        state
+            .overrides
+            .entry(service.to_string())
+            .or_default()
+            .insert(color, addrs.iter().map(|a| a.to_string()).collect());
+        let snap = self.build(inner.config.clone(), &state)?;
+        self.store
+            .save(&state)
+            .map_err(|e| ApiError::new(500, format!("{e}: nothing changed")))?;
+        self.shared.publish(snap);
+        inner.state = state;
+        self.history_event(HistoryEvent::now(
+            "backends",
+            vec![service.to_string()],
+            "ok",
+            json!({ "color": color, "backends": addrs, "force": req.force }),
+        ));
+        Ok(self.status())
+    }
+
+    /// Re-reads the config from where it was loaded. An invalid config is refused with its
+    /// errors and the running one keeps serving.
+    pub async fn reload(&self) -> Result<ReloadResponse, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let source = inner.config.source.clone();
+        let config = match Config::load(&source) {
+            Ok(c) => Arc::new(c),
+            Err(errors) => {
+                metrics::global()
+                    .config_reloads
+                    .with_label_values(&["refused"])
+                    .inc();
+                let errors: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+                tracing::warn!(errors = errors.len(), "reload refused: the config has errors; the old one keeps serving");
+                for e in &errors {
+                    tracing::warn!("{e}");
+                }
+                self.history_event(HistoryEvent::now(
+                    "reload",
+                    vec![],
+                    "refused",
+                    json!({ "errors": errors }),
+                ));
+                return Err(ApiError {
+                    status: 422,
+                    body: ErrorBody {
+                        error: format!(
+                            "{}: the config has errors; the old config keeps serving",
+                            source.display()
+                        ),
+                        errors,
+                        ..Default::default()
+                    },
+                });
+            }
+        };
+        let old = &inner.config;
+        if old.listen.http != config.listen.http
+            || old.listen.https != config.listen.https
+            || old.listen.admin != config.listen.admin
+            || old.threads != config.threads
+            || old.state_dir != config.state_dir
+        {
+            tracing::warn!("listen addresses, threads and state.dir take effect at the next restart");
+        }
+        let snap = self.build(config.clone(), &inner.state)?;
+        self.shared.publish(snap);
+        let resp = ReloadResponse {
+            routes: config.routes.len(),
+            services: config.services.len(),
+        };
+        inner.config = config;
+        metrics::global()
+            .config_reloads
+            .with_label_values(&["ok"])
+            .inc();
+        tracing::info!(routes = resp.routes, services = resp.services, "config reloaded");
+        self.history_event(HistoryEvent::now(
+            "reload",
+            vec![],
+            "ok",
+            json!({ "routes": resp.routes, "services": resp.services }),
+        ));
+        Ok(resp)
+    }
+
+    pub fn history(&self, limit: usize) -> Result<HistoryResponse, ApiError> {
+        self.store
+            .history(limit)
+            .map(|events| HistoryResponse { events })
+            .map_err(|e| ApiError::new(500, e.to_string()))
+    }
+}
+
+pub fn status_of(snap: &Snapshot) -> StatusResponse {
+    let mut services = BTreeMap::new();
+    for svc in &snap.services {
+        let mut backends = BTreeMap::new();
+        let mut inflight = BTreeMap::new();
+        let mut upgraded = BTreeMap::new();
+        for pool in &svc.pools {
+            let label = pool.color_label.to_string();
+            backends.insert(
+                label.clone(),
+                pool.backends
+                    .iter()
+                    .map(|b| BackendStatus {
+                        addr: b.addr_text.clone(),
+                        healthy: b.is_healthy(),
+                    })
+                    .collect(),
+            );
+            inflight.insert(label.clone(), pool.load.inflight.load(Ordering::Relaxed).max(0));
+            upgraded.insert(label, pool.load.upgraded.load(Ordering::Relaxed).max(0));
+        }
+        let r = svc.release.as_ref();
+        services.insert(
+            svc.name.clone(),
+            ServiceStatus {
+                releasable: r.is_some(),
+                active: r.map(|r| r.active),
+                previous: r.and_then(|r| r.previous),
+                canary: r.and_then(|r| {
+                    r.canary.as_ref().map(|c| CanaryStatus {
+                        color: c.color,
+                        weight: c.weight,
+                    })
+                }),
+                backends,
+                inflight,
+                upgraded,
+                alarm: None,
+            },
+        );
+    }
+    StatusResponse { services }
+}

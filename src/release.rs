@@ -1,0 +1,268 @@
+//! The release state machine: commands in, a new state plus an event out. Pure — no I/O,
+//! no pingora, no tokio — so every transition is unit-tested here and the controller only
+//! runs checks, persists and publishes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::color::Color;
+
+/// A canary in progress: `weight` percent of new requests go to `color`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub color: Color,
+    pub weight: u8,
+    /// The remaining plan: weights still to apply, one per interval.
+    #[serde(default)]
+    pub steps: Vec<u8>,
+    #[serde(default)]
+    pub interval_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRelease {
+    pub active: Color,
+    pub previous: Option<Color>,
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+impl Default for ServiceRelease {
+    fn default() -> Self {
+        ServiceRelease {
+            active: Color::Blue,
+            previous: None,
+            canary: None,
+        }
+    }
+}
+
+/// The release state of every releasable service. Services absent from the map are blue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseState {
+    pub services: BTreeMap<String, ServiceRelease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Make `to` the active color of each service.
+    Switch { services: Vec<String>, to: Color },
+    /// Return each service to its previous color.
+    Rollback { services: Vec<String> },
+}
+
+/// What a command changed, for history and the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub service: String,
+    pub from: Color,
+    pub to: Color,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Rollback of a service that never switched.
+    NothingToRollBack { service: String },
+    /// A switch or rollback while a canary runs: promote or abort it first.
+    CanaryRunning { service: String },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NothingToRollBack { service } => {
+                write!(f, "nothing to roll back to: `{service}` has no previous color")
+            }
+            Refusal::CanaryRunning { service } => write!(
+                f,
+                "a canary is running on `{service}`: promote or abort it first"
+            ),
+        }
+    }
+}
+
+impl ReleaseState {
+    pub fn get(&self, service: &str) -> ServiceRelease {
+        self.services.get(service).cloned().unwrap_or_default()
+    }
+
+    /// Applies a command to every named service as one transaction: either every service
+    /// changes or none does. Services already where the command would put them are left out
+    /// of the changes (a switch to the active color is a no-op).
+    pub fn apply(&self, cmd: &Command) -> Result<(ReleaseState, Vec<Change>), Refusal> {
+        let mut next = self.clone();
+        let mut changes = Vec::new();
+        match cmd {
+            Command::Switch { services, to } => {
+                for s in services {
+                    let cur = self.get(s);
+                    if cur.canary.is_some() {
+                        return Err(Refusal::CanaryRunning { service: s.clone() });
+                    }
+                    if cur.active == *to {
+                        continue;
+                    }
+                    changes.push(Change {
+                        service: s.clone(),
+                        from: cur.active,
+                        to: *to,
+                    });
+                    next.services.insert(
+                        s.clone(),
+                        ServiceRelease {
+                            active: *to,
+                            previous: Some(cur.active),
+                            canary: None,
+                        },
+                    );
+                }
+            }
+            Command::Rollback { services } => {
+                for s in services {
+                    let cur = self.get(s);
+                    if cur.canary.is_some() {
+                        return Err(Refusal::CanaryRunning { service: s.clone() });
+                    }
+                    let Some(prev) = cur.previous else {
+                        return Err(Refusal::NothingToRollBack { service: s.clone() });
+                    };
+                    changes.push(Change {
+                        service: s.clone(),
+                        from: cur.active,
+                        to: prev,
+                    });
+                    next.services.insert(
+                        s.clone(),
+                        ServiceRelease {
+                            active: prev,
+                            previous: Some(cur.active),
+                            canary: None,
+                        },
+                    );
+                }
+            }
+        }
+        Ok((next, changes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn services_start_blue_with_no_previous() {
+        let s = ReleaseState::default();
+        assert_eq!(s.get("api").active, Color::Blue);
+        assert_eq!(s.get("api").previous, None);
+    }
+
+    #[test]
+    fn switch_moves_every_service_and_records_previous() {
+        let s = ReleaseState::default();
+        let (next, changes) = s
+            .apply(&Command::Switch {
+                services: names(&["api", "web"]),
+                to: Color::Green,
+            })
+            .unwrap();
+        assert_eq!(changes.len(), 2);
+        for svc in ["api", "web"] {
+            assert_eq!(next.get(svc).active, Color::Green);
+            assert_eq!(next.get(svc).previous, Some(Color::Blue));
+        }
+        // The original is untouched: the caller publishes `next` only when all went well.
+        assert_eq!(s.get("api").active, Color::Blue);
+    }
+
+    #[test]
+    fn switch_to_the_active_color_changes_nothing() {
+        let s = ReleaseState::default();
+        let (next, changes) = s
+            .apply(&Command::Switch {
+                services: names(&["api"]),
+                to: Color::Blue,
+            })
+            .unwrap();
+        assert!(changes.is_empty());
+        assert_eq!(next, s);
+    }
+
+    #[test]
+    fn rollback_returns_to_previous_and_can_be_undone() {
+        let s = ReleaseState::default();
+        let (s, _) = s
+            .apply(&Command::Switch {
+                services: names(&["api"]),
+                to: Color::Green,
+            })
+            .unwrap();
+        let (s, changes) = s
+            .apply(&Command::Rollback {
+                services: names(&["api"]),
+            })
+            .unwrap();
+        assert_eq!(
+            changes,
+            vec![Change {
+                service: "api".into(),
+                from: Color::Green,
+                to: Color::Blue
+            }]
+        );
+        assert_eq!(s.get("api").active, Color::Blue);
+        assert_eq!(s.get("api").previous, Some(Color::Green));
+    }
+
+    #[test]
+    fn rollback_with_no_previous_is_refused_for_all() {
+        let s = ReleaseState::default();
+        let (s, _) = s
+            .apply(&Command::Switch {
+                services: names(&["api"]),
+                to: Color::Green,
+            })
+            .unwrap();
+        let err = s
+            .apply(&Command::Rollback {
+                services: names(&["api", "web"]),
+            })
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Refusal::NothingToRollBack {
+                service: "web".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_running_canary_blocks_switch() {
+        let mut s = ReleaseState::default();
+        s.services.insert(
+            "api".into(),
+            ServiceRelease {
+                active: Color::Blue,
+                previous: None,
+                canary: Some(Canary {
+                    color: Color::Green,
+                    weight: 5,
+                    steps: vec![25, 100],
+                    interval_s: 30,
+                }),
+            },
+        );
+        assert!(matches!(
+            s.apply(&Command::Switch {
+                services: names(&["api"]),
+                to: Color::Green
+            }),
+            Err(Refusal::CanaryRunning { .. })
+        ));
+    }
+}

@@ -1,0 +1,106 @@
+//! Smoke checks: each check of a service against each backend of a color, directly (not
+//! through the proxy), with the Host of the service's first route.
+
+use std::net::SocketAddr;
+
+use futures_util::future::join_all;
+
+use crate::api::SmokeResult;
+use crate::config::SmokeCheck;
+
+/// Body bytes read at most when looking for `body_contains`.
+const MAX_BODY: usize = 1 << 20;
+
+pub struct Target<'a> {
+    pub service: &'a str,
+    pub host: &'a str,
+    pub checks: &'a [SmokeCheck],
+    pub backends: Vec<SocketAddr>,
+}
+
+pub async fn run(client: &reqwest::Client, targets: &[Target<'_>]) -> Vec<SmokeResult> {
+    let mut jobs = Vec::new();
+    for t in targets {
+        for check in t.checks {
+            for backend in &t.backends {
+                jobs.push(one(client, t.service, t.host, check, *backend));
+            }
+        }
+    }
+    join_all(jobs).await
+}
+
+async fn one(
+    client: &reqwest::Client,
+    service: &str,
+    host: &str,
+    check: &SmokeCheck,
+    backend: SocketAddr,
+) -> SmokeResult {
+    let mut expected = format!("status {}", check.expect_status);
+    if let Some(s) = &check.body_contains {
+        expected.push_str(&format!(" and body containing {s:?}"));
+    }
+    let url = format!("http://{backend}{}", check.path);
+    let got = match client
+        .get(&url)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "switchyard-smoke")
+        .timeout(check.timeout)
+        .send()
+        .await
+    {
+        Err(e) => Err(describe(&e)),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match resp.bytes().await {
+                Err(e) => Err(format!("status {status}, body unreadable: {}", describe(&e))),
+                Ok(body) => {
+                    let body = &body[..body.len().min(MAX_BODY)];
+                    let status_ok = status == check.expect_status;
+                    let body_ok = check
+                        .body_contains
+                        .as_ref()
+                        .is_none_or(|s| String::from_utf8_lossy(body).contains(s.as_str()));
+                    if status_ok && body_ok {
+                        Ok(format!("status {status}"))
+                    } else if !body_ok {
+                        let snippet: String =
+                            String::from_utf8_lossy(body).chars().take(80).collect();
+                        Err(format!("status {status}, body {snippet:?}"))
+                    } else {
+                        Err(format!("status {status}"))
+                    }
+                }
+            }
+        }
+    };
+    let (ok, got) = match got {
+        Ok(g) => (true, g),
+        Err(g) => (false, g),
+    };
+    SmokeResult {
+        service: service.to_string(),
+        backend: backend.to_string(),
+        path: check.path.clone(),
+        expected,
+        got,
+        ok,
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s = format!("{s}: {inner}");
+            src = inner.source();
+        }
+        s
+    }
+}
