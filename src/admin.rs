@@ -110,7 +110,10 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_BODY {
-                    return Err(json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"));
+                    return Err(json_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large",
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -172,9 +175,17 @@ impl AdminApp {
             ("POST", ["reload"]) => ok(&c.reload().await?),
             (
                 _,
-                ["status"] | ["switch"] | ["rollback"] | ["smoke"] | ["history"] | ["reload"]
+                ["status"]
+                | ["switch"]
+                | ["rollback"]
+                | ["smoke"]
+                | ["history"]
+                | ["reload"]
                 | ["services", _, "backends", _],
-            ) => Err(ApiError::new(405, format!("{method} is not allowed on {path}"))),
+            ) => Err(ApiError::new(
+                405,
+                format!("{method} is not allowed on {path}"),
+            )),
             _ => Err(ApiError::new(404, format!("no endpoint {path}"))),
         }
     }

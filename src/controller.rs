@@ -65,7 +65,9 @@ fn parse_overrides(state: &PersistedState) -> Result<Overrides, String> {
                 .map(|a| resolve_addr(a))
                 .collect::<Result<Vec<SocketAddr>, String>>()
                 .map_err(|e| format!("override of {service} {color}: {e}"))?;
-            out.entry(service.clone()).or_default().insert(*color, parsed);
+            out.entry(service.clone())
+                .or_default()
+                .insert(*color, parsed);
         }
     }
     Ok(out)
@@ -141,7 +143,10 @@ impl Controller {
                 .map(|s| s.name.clone())
                 .collect();
             if all.is_empty() {
-                return Err(ApiError::new(400, "no releasable service (none has blue and green)"));
+                return Err(ApiError::new(
+                    400,
+                    "no releasable service (none has blue and green)",
+                ));
             }
             return Ok(all);
         }
@@ -176,8 +181,12 @@ impl Controller {
         let mut targets = Vec::new();
         let mut results = Vec::new();
         for name in services {
-            let Some(svc) = snap.service(name) else { continue };
-            let Some(pool) = svc.pool(color) else { continue };
+            let Some(svc) = snap.service(name) else {
+                continue;
+            };
+            let Some(pool) = svc.pool(color) else {
+                continue;
+            };
             if let Some(hc) = &svc.config.health_check {
                 if pool.healthy_count() == 0 {
                     results.push(SmokeResult {
@@ -258,7 +267,13 @@ impl Controller {
                 },
             });
         }
-        self.commit(&mut inner, next, &changes, "switch", json!({ "to": req.color, "skip_smoke": req.skip_smoke }))?;
+        self.commit(
+            &mut inner,
+            next,
+            &changes,
+            "switch",
+            json!({ "to": req.color, "skip_smoke": req.skip_smoke }),
+        )?;
         drop(inner);
         let drain = if req.wait_drain {
             Some(self.wait_drain(&changes).await)
@@ -281,7 +296,13 @@ impl Controller {
             .releases
             .apply(&Command::Rollback { services })
             .map_err(|r| ApiError::new(409, r.to_string()))?;
-        self.commit(&mut inner, next, &changes, "rollback", json!({ "reason": "manual" }))?;
+        self.commit(
+            &mut inner,
+            next,
+            &changes,
+            "rollback",
+            json!({ "reason": "manual" }),
+        )?;
         drop(inner);
         let drain = if req.wait_drain {
             Some(self.wait_drain(&changes).await)
@@ -417,11 +438,12 @@ impl Controller {
             }
         }
         let release = inner.state.releases.get(service);
-        let live = release.active == color || release.canary.as_ref().is_some_and(|c| c.color == color);
+        let live =
+            release.active == color || release.canary.as_ref().is_some_and(|c| c.color == color);
         if live && !req.force {
             return Err(ApiError::new(
                 409,
-                format!("{color} is serving traffic for `{service}`: pass force to replace its backends"),
+                format!("{color} is serving traffic for `{service}`: use --force (\"force\": true) to replace its backends"),
             ));
         }
         let mut state = inner.state.clone();
@@ -458,7 +480,10 @@ impl Controller {
                     .with_label_values(&["refused"])
                     .inc();
                 let errors: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
-                tracing::warn!(errors = errors.len(), "reload refused: the config has errors; the old one keeps serving");
+                tracing::warn!(
+                    errors = errors.len(),
+                    "reload refused: the config has errors; the old one keeps serving"
+                );
                 for e in &errors {
                     tracing::warn!("{e}");
                 }
@@ -488,7 +513,9 @@ impl Controller {
             || old.threads != config.threads
             || old.state_dir != config.state_dir
         {
-            tracing::warn!("listen addresses, threads and state.dir take effect at the next restart");
+            tracing::warn!(
+                "listen addresses, threads and state.dir take effect at the next restart"
+            );
         }
         let snap = self.build(config.clone(), &inner.state)?;
         self.shared.publish(snap);
@@ -501,7 +528,11 @@ impl Controller {
             .config_reloads
             .with_label_values(&["ok"])
             .inc();
-        tracing::info!(routes = resp.routes, services = resp.services, "config reloaded");
+        tracing::info!(
+            routes = resp.routes,
+            services = resp.services,
+            "config reloaded"
+        );
         self.history_event(HistoryEvent::now(
             "reload",
             vec![],
@@ -537,7 +568,10 @@ pub fn status_of(snap: &Snapshot) -> StatusResponse {
                     })
                     .collect(),
             );
-            inflight.insert(label.clone(), pool.load.inflight.load(Ordering::Relaxed).max(0));
+            inflight.insert(
+                label.clone(),
+                pool.load.inflight.load(Ordering::Relaxed).max(0),
+            );
             upgraded.insert(label, pool.load.upgraded.load(Ordering::Relaxed).max(0));
         }
         let r = svc.release.as_ref();

@@ -29,7 +29,11 @@ impl ServeHttp for DemoBackend {
             "Hello from the {color} backend!\ncolor: {color}\npath: {path}\nrequest-id: {id}\n",
             color = self.color
         );
-        let mut resp = reply(StatusCode::OK, "text/plain; charset=utf-8", body.into_bytes());
+        let mut resp = reply(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            body.into_bytes(),
+        );
         resp.headers_mut().insert(
             "x-backend-color",
             http::HeaderValue::from_static(self.color),

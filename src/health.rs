@@ -22,7 +22,12 @@ pub struct HealthChecker {
 }
 
 /// One probe: GET path with the service's Host; healthy on the expected status, or any 2xx/3xx.
-pub async fn probe(client: &reqwest::Client, backend: &Backend, host: &str, hc: &HealthCheck) -> bool {
+pub async fn probe(
+    client: &reqwest::Client,
+    backend: &Backend,
+    host: &str,
+    hc: &HealthCheck,
+) -> bool {
     let url = format!("http://{}{}", backend.addr, hc.path);
     let res = client
         .get(url)

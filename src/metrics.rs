@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The color label of a service that has one pool and no colors.
@@ -107,7 +107,10 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         let cv = |name: &str, help: &str, labels: &[&str]| {
-            new(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+            new(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+            )
         };
         let gv = |name: &str, help: &str, labels: &[&str]| {
             new(&r, IntGaugeVec::new(Opts::new(name, help), labels).unwrap())
@@ -219,7 +222,8 @@ impl Metrics {
     }
 
     pub fn backend_up(&self, service: &str, color: &str, backend: &str) -> IntGauge {
-        self.backend_up.with_label_values(&[service, color, backend])
+        self.backend_up
+            .with_label_values(&[service, color, backend])
     }
 
     pub fn render(&self) -> String {

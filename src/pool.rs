@@ -151,7 +151,10 @@ mod tests {
         let backends = (0..n)
             .map(|i| {
                 let addr: SocketAddr = format!("127.0.0.1:{}", 10000 + i).parse().unwrap();
-                Arc::new(Backend::new(addr, m.backend_up("t", "blue", &addr.to_string())))
+                Arc::new(Backend::new(
+                    addr,
+                    m.backend_up("t", "blue", &addr.to_string()),
+                ))
             })
             .collect();
         Pool::new(

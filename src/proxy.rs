@@ -189,7 +189,10 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let service = ctx.service.as_ref().expect("request_filter set the service");
+        let service = ctx
+            .service
+            .as_ref()
+            .expect("request_filter set the service");
         let pool = &service.pools[ctx.pool];
         let exclude = if ctx.retried { ctx.backend } else { None };
         let Some(backend) = pool.pick(exclude) else {
@@ -244,7 +247,8 @@ impl ProxyHttp for EdgeProxy {
                     v.extend_from_slice(prev.as_bytes());
                     v.extend_from_slice(b", ");
                     v.extend_from_slice(ip.as_bytes());
-                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_str(&ip).unwrap())
+                    HeaderValue::from_bytes(&v)
+                        .unwrap_or_else(|_| HeaderValue::from_str(&ip).unwrap())
                 }
                 None => HeaderValue::from_str(&ip).expect("an IP is a valid header value"),
             };
@@ -387,10 +391,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         // Clients going away are routine at an edge; don't log them as errors.
-        matches!(
-            error.esource(),
-            pingora_core::ErrorSource::Downstream
-        )
+        matches!(error.esource(), pingora_core::ErrorSource::Downstream)
     }
 }
 

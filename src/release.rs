@@ -72,7 +72,10 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::NothingToRollBack { service } => {
-                write!(f, "nothing to roll back to: `{service}` has no previous color")
+                write!(
+                    f,
+                    "nothing to roll back to: `{service}` has no previous color"
+                )
             }
             Refusal::CanaryRunning { service } => write!(
                 f,
@@ -132,11 +135,13 @@ impl ReleaseState {
                         from: cur.active,
                         to: prev,
                     });
+                    // The release is undone, not swapped: a second rollback must not bring
+                    // the bad color back.
                     next.services.insert(
                         s.clone(),
                         ServiceRelease {
                             active: prev,
-                            previous: Some(cur.active),
+                            previous: None,
                             canary: None,
                         },
                     );
@@ -194,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn rollback_returns_to_previous_and_can_be_undone() {
+    fn rollback_returns_to_previous_once() {
         let s = ReleaseState::default();
         let (s, _) = s
             .apply(&Command::Switch {
@@ -216,7 +221,12 @@ mod tests {
             }]
         );
         assert_eq!(s.get("api").active, Color::Blue);
-        assert_eq!(s.get("api").previous, Some(Color::Green));
+        assert_eq!(s.get("api").previous, None);
+        assert!(s
+            .apply(&Command::Rollback {
+                services: names(&["api"]),
+            })
+            .is_err());
     }
 
     #[test]

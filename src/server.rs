@@ -16,10 +16,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin::AdminApp;
 use crate::color::Color;
 use crate::config::{Config, Pools};
+use crate::controller::Controller;
 use crate::demo::DemoBackend;
 use crate::health::HealthChecker;
 use crate::proxy::EdgeProxy;
-use crate::controller::Controller;
 use crate::shared::Shared;
 use crate::token;
 
@@ -48,9 +48,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     let controller = Controller::open((*config).clone())?;
     let shared = controller.shared().clone();
-    let token = token::load_or_create(&config.token_file).with_context(|| {
-        format!("admin.token_file {}", config.token_file.display())
-    })?;
+    let token = token::load_or_create(&config.token_file)
+        .with_context(|| format!("admin.token_file {}", config.token_file.display()))?;
 
     let conf = ServerConf {
         threads: config.threads,

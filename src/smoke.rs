@@ -54,7 +54,10 @@ async fn one(
         Ok(resp) => {
             let status = resp.status().as_u16();
             match resp.bytes().await {
-                Err(e) => Err(format!("status {status}, body unreadable: {}", describe(&e))),
+                Err(e) => Err(format!(
+                    "status {status}, body unreadable: {}",
+                    describe(&e)
+                )),
                 Ok(body) => {
                     let body = &body[..body.len().min(MAX_BODY)];
                     let status_ok = status == check.expect_status;

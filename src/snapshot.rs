@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::color::Color;
-use crate::release::{ReleaseState, ServiceRelease};
 use crate::config::{Config, Pools, ServiceConfig};
 use crate::metrics::{self, NO_COLOR};
 use crate::pool::{Backend, Pool, PoolLoad};
+use crate::release::{ReleaseState, ServiceRelease};
 use crate::routing::RouteTable;
 
 pub struct ServiceRuntime {
@@ -101,9 +101,9 @@ impl Retained {
         g.backends.retain(|(service, color, addr), _| {
             let keep = live.iter().any(|s| {
                 s.name == *service
-                    && s.pools
-                        .iter()
-                        .any(|p| p.color_label == *color && p.backends.iter().any(|b| b.addr == *addr))
+                    && s.pools.iter().any(|p| {
+                        p.color_label == *color && p.backends.iter().any(|b| b.addr == *addr)
+                    })
             });
             if !keep {
                 let _ = metrics::global().backend_up.remove_label_values(&[
@@ -149,7 +149,9 @@ pub fn build(
                 let release = releases.get(name);
                 let over = overrides.get(name);
                 let pick = |c: Color, from_config: &Vec<SocketAddr>| {
-                    over.and_then(|o| o.get(&c)).cloned().unwrap_or_else(|| from_config.clone())
+                    over.and_then(|o| o.get(&c))
+                        .cloned()
+                        .unwrap_or_else(|| from_config.clone())
                 };
                 let pools = vec![
                     make_pool(Color::Blue.as_str(), &pick(Color::Blue, blue)),

@@ -50,7 +50,12 @@ pub struct HistoryEvent {
 }
 
 impl HistoryEvent {
-    pub fn now(action: &str, services: Vec<String>, result: &str, detail: serde_json::Value) -> Self {
+    pub fn now(
+        action: &str,
+        services: Vec<String>,
+        result: &str,
+        detail: serde_json::Value,
+    ) -> Self {
         HistoryEvent {
             time: rfc3339_now(),
             action: action.to_string(),
@@ -294,7 +299,11 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
         let err = FileStore::new(dir.path()).load().unwrap_err().to_string();
         assert!(err.contains("state.json"), "{err}");
-        std::fs::write(dir.path().join(STATE_FILE), r#"{"version":9,"services":{}}"#).unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            r#"{"version":9,"services":{}}"#,
+        )
+        .unwrap();
         assert!(FileStore::new(dir.path()).load().is_err());
     }
 
@@ -304,7 +313,12 @@ mod tests {
         let store = FileStore::new(dir.path());
         assert_eq!(store.load().unwrap(), None);
         for i in 0..5 {
-            let e = HistoryEvent::now("switch", vec![format!("s{i}")], "ok", serde_json::Value::Null);
+            let e = HistoryEvent::now(
+                "switch",
+                vec![format!("s{i}")],
+                "ok",
+                serde_json::Value::Null,
+            );
             store.append_history(&e).unwrap();
         }
         let h = store.history(2).unwrap();
@@ -318,7 +332,9 @@ mod tests {
         let path = dir.path().join("f.json");
         write_atomic(&path, b"old", 0o600).unwrap();
         // A directory where the temp file would go makes the write fail.
-        let blocked = dir.path().join(format!(".f.json.tmp.{}", std::process::id()));
+        let blocked = dir
+            .path()
+            .join(format!(".f.json.tmp.{}", std::process::id()));
         std::fs::create_dir(&blocked).unwrap();
         assert!(write_atomic(&path, b"new", 0o600).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"old");

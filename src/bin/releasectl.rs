@@ -1,1 +1,474 @@
-fn main() { eprintln!("releasectl: not built yet"); std::process::exit(2) }
+//! `releasectl` — the command line over switchyard's admin API.
+//!
+//! Exit codes: 0 done; 1 refused or rolled back (a smoke check failed, nothing to roll back);
+//! 2 usage or config error; 3 the admin API could not be reached or refused the token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use switchyard::api::*;
+use switchyard::color::Color;
+
+#[derive(Parser)]
+#[command(name = "releasectl", version, about = "Drive switchyard releases: switch, rollback, smoke, backends, history, reload.")]
+struct Cli {
+    /// The admin API of the switchyard instance.
+    #[arg(long, global = true, env = "RELEASECTL_ADMIN", default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// File holding the admin token (default: state/admin.token). RELEASECTL_TOKEN, if set,
+    /// holds the token itself and wins.
+    #[arg(long, global = true, env = "RELEASECTL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Show every service: active and previous color, canary, backends with health, in-flight
+    /// requests per color.
+    Status,
+    /// Run the smoke checks of COLOR and, when all pass, move traffic to it atomically.
+    Switch(SwitchArgs),
+    /// Return services to their previous color.
+    Rollback(RollbackArgs),
+    /// Run the smoke checks of COLOR without switching.
+    Smoke(SmokeArgs),
+    /// Replace the backends of a color of a service (persisted).
+    Backends(BackendsArgs),
+    /// Show the release history, oldest first.
+    History {
+        /// How many events to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Re-read the config; an invalid config is refused and the old one keeps serving.
+    Reload,
+    /// Start a weighted canary (not in this version).
+    Canary {
+        color: Color,
+        #[arg(long)]
+        steps: Option<String>,
+        #[arg(long)]
+        interval: Option<String>,
+        #[arg(long = "service")]
+        services: Vec<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Promote the running canary (not in this version).
+    Promote,
+    /// Abort the running canary (not in this version).
+    Abort,
+    /// Show certificates (not in this version).
+    Certs,
+}
+
+#[derive(Args)]
+struct SwitchArgs {
+    /// blue or green.
+    color: Color,
+    /// Only these services (repeatable); default: every releasable service.
+    #[arg(long = "service")]
+    services: Vec<String>,
+    /// Switch without running the smoke checks.
+    #[arg(long)]
+    skip_smoke: bool,
+    /// Return only when the old color has no request in flight (or its drain timeout passed).
+    #[arg(long)]
+    wait_drain: bool,
+}
+
+#[derive(Args)]
+struct RollbackArgs {
+    #[arg(long = "service")]
+    services: Vec<String>,
+    #[arg(long)]
+    wait_drain: bool,
+}
+
+#[derive(Args)]
+struct SmokeArgs {
+    color: Color,
+    #[arg(long = "service")]
+    services: Vec<String>,
+}
+
+#[derive(Args)]
+struct BackendsArgs {
+    color: Color,
+    /// host:port of each backend.
+    #[arg(required = true)]
+    addrs: Vec<String>,
+    #[arg(long)]
+    service: String,
+    /// Allow replacing the backends of the color serving traffic.
+    #[arg(long)]
+    force: bool,
+}
+
+/// What went wrong, with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+    body: Option<Value>,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+            body: None,
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base.trim_end_matches('/'));
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            Failure::new(
+                3,
+                format!("cannot reach the admin API at {}: {e}. Is switchyard running, and is --admin right?", self.base),
+            )
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        let code = match status {
+            401 | 403 => 3,
+            409 => 1,
+            400..=499 => 2,
+            _ => 1,
+        };
+        let message = if code == 3 {
+            format!("{message} (token from RELEASECTL_TOKEN or --token-file)")
+        } else {
+            message
+        };
+        Err(Failure {
+            code,
+            message,
+            body: Some(value),
+        })
+    }
+}
+
+fn load_token(cli: &Cli) -> Result<String, Failure> {
+    if let Ok(t) = std::env::var("RELEASECTL_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let path = cli
+        .token_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("state/admin.token"));
+    std::fs::read_to_string(&path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| {
+            Failure::new(
+                2,
+                format!(
+                    "cannot read the token file {}: {e} (set --token-file or RELEASECTL_TOKEN)",
+                    path.display()
+                ),
+            )
+        })
+}
+
+fn dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".to_string(), |v| v.to_string())
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn print_status(s: &StatusResponse) {
+    let mut rows = vec![vec![
+        "SERVICE".to_string(),
+        "ACTIVE".into(),
+        "PREVIOUS".into(),
+        "CANARY".into(),
+        "BACKENDS".into(),
+        "IN-FLIGHT".into(),
+    ]];
+    for (name, svc) in &s.services {
+        let backends: Vec<String> = svc
+            .backends
+            .iter()
+            .map(|(color, list)| {
+                let b: Vec<String> = list
+                    .iter()
+                    .map(|b| format!("{}{}", b.addr, if b.healthy { "" } else { " (down)" }))
+                    .collect();
+                if svc.releasable {
+                    format!("{color}: {}", b.join(", "))
+                } else {
+                    b.join(", ")
+                }
+            })
+            .collect();
+        let inflight: Vec<String> = svc
+            .inflight
+            .iter()
+            .map(|(color, n)| {
+                let up = svc.upgraded.get(color).copied().unwrap_or(0);
+                let ws = if up > 0 { format!(" ({up} ws)") } else { String::new() };
+                if svc.releasable {
+                    format!("{color} {n}{ws}")
+                } else {
+                    format!("{n}{ws}")
+                }
+            })
+            .collect();
+        rows.push(vec![
+            name.clone(),
+            dash(svc.active),
+            dash(svc.previous),
+            svc.canary
+                .as_ref()
+                .map_or("-".into(), |c| format!("{} {}%", c.color, c.weight)),
+            backends.join("; "),
+            inflight.join(", "),
+        ]);
+        if let Some(alarm) = &svc.alarm {
+            rows.push(vec![String::new(), format!("ALARM: {alarm}")]);
+        }
+    }
+    print_table(&rows);
+}
+
+fn print_failures(failures: &[SmokeResult]) {
+    for f in failures {
+        eprintln!(
+            "  FAIL {} {} {}: expected {}, got {}",
+            f.service, f.backend, f.path, f.expected, f.got
+        );
+    }
+}
+
+fn print_release(r: &ReleaseResponse, verb: &str) {
+    if r.changed.is_empty() {
+        println!("nothing to {verb}: every service already is where asked");
+    }
+    for c in &r.changed {
+        println!("{}: {} → {}", c.service, c.from, c.to);
+    }
+    let passed = r.smoke.iter().filter(|s| s.ok).count();
+    if !r.smoke.is_empty() {
+        println!("smoke checks: {passed}/{} passed", r.smoke.len());
+    }
+    if let Some(d) = &r.drain {
+        if d.drained {
+            println!("drained in {} ms", d.waited_ms);
+        } else {
+            println!(
+                "drain timeout after {} ms; still in flight: {:?}",
+                d.waited_ms, d.remaining
+            );
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Failure> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| Failure::new(1, format!("unexpected answer from the admin API: {e}")))
+}
+
+async fn run(cli: &Cli) -> Result<(), Failure> {
+    use reqwest::Method;
+    let client = Client {
+        http: reqwest::Client::builder()
+            .build()
+            .map_err(|e| Failure::new(1, e.to_string()))?,
+        base: cli.admin.clone(),
+        token: load_token(cli)?,
+    };
+    let out = |v: &Value| {
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        }
+        cli.json
+    };
+    match &cli.verb {
+        Verb::Status => {
+            let v = client.call(Method::GET, "/v1/status", None).await?;
+            if !out(&v) {
+                print_status(&decode(&v)?);
+            }
+        }
+        Verb::Switch(a) => {
+            let req = SwitchRequest {
+                color: a.color,
+                services: a.services.clone(),
+                skip_smoke: a.skip_smoke,
+                wait_drain: a.wait_drain,
+            };
+            let v = client
+                .call(Method::POST, "/v1/switch", Some(serde_json::to_value(&req).unwrap()))
+                .await?;
+            if !out(&v) {
+                print_release(&decode(&v)?, "switch");
+            }
+        }
+        Verb::Rollback(a) => {
+            let req = RollbackRequest {
+                services: a.services.clone(),
+                wait_drain: a.wait_drain,
+            };
+            let v = client
+                .call(Method::POST, "/v1/rollback", Some(serde_json::to_value(&req).unwrap()))
+                .await?;
+            if !out(&v) {
+                print_release(&decode(&v)?, "roll back");
+            }
+        }
+        Verb::Smoke(a) => {
+            let req = SmokeRequest {
+                color: a.color,
+                services: a.services.clone(),
+            };
+            let v = client
+                .call(Method::POST, "/v1/smoke", Some(serde_json::to_value(&req).unwrap()))
+                .await?;
+            let r: SmokeResponse = decode(&v)?;
+            if !out(&v) {
+                for s in &r.results {
+                    println!(
+                        "{} {} {} {}: expected {}, got {}",
+                        if s.ok { "ok  " } else { "FAIL" },
+                        s.service,
+                        s.backend,
+                        s.path,
+                        s.expected,
+                        s.got
+                    );
+                }
+                let passed = r.results.iter().filter(|s| s.ok).count();
+                println!("{passed}/{} smoke checks passed", r.results.len());
+            }
+            if !r.passed {
+                return Err(Failure::new(1, format!("smoke checks of {} failed", a.color)));
+            }
+        }
+        Verb::Backends(a) => {
+            let req = BackendsRequest {
+                backends: a.addrs.clone(),
+                force: a.force,
+            };
+            let path = format!("/v1/services/{}/backends/{}", a.service, a.color);
+            let v = client
+                .call(Method::PUT, &path, Some(serde_json::to_value(&req).unwrap()))
+                .await?;
+            if !out(&v) {
+                println!("{} {} backends: {}", a.service, a.color, a.addrs.join(", "));
+            }
+        }
+        Verb::History { limit } => {
+            let v = client
+                .call(Method::GET, &format!("/v1/history?limit={limit}"), None)
+                .await?;
+            if !out(&v) {
+                let h: HistoryResponse = decode(&v)?;
+                let mut rows = vec![vec![
+                    "TIME".to_string(),
+                    "ACTION".into(),
+                    "SERVICES".into(),
+                    "RESULT".into(),
+                    "DETAIL".into(),
+                ]];
+                for e in h.events {
+                    rows.push(vec![
+                        e.time,
+                        e.action,
+                        e.services.join(","),
+                        e.result,
+                        if e.detail.is_null() { String::new() } else { e.detail.to_string() },
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        Verb::Reload => {
+            let v = client.call(Method::POST, "/v1/reload", None).await?;
+            if !out(&v) {
+                let r: ReloadResponse = decode(&v)?;
+                println!("reloaded: {} routes, {} services", r.routes, r.services);
+            }
+        }
+        Verb::Canary { .. } | Verb::Promote | Verb::Abort | Verb::Certs => {
+            return Err(Failure::new(2, "this verb is not available in this version of switchyard"));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match rt.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if cli.json {
+                if let Some(b) = &f.body {
+                    println!("{}", serde_json::to_string_pretty(b).unwrap_or_default());
+                }
+            }
+            eprintln!("releasectl: {}", f.message);
+            if let Some(failures) = f
+                .body
+                .as_ref()
+                .and_then(|b| b.get("failures"))
+                .and_then(|v| serde_json::from_value::<Vec<SmokeResult>>(v.clone()).ok())
+            {
+                print_failures(&failures);
+            }
+            if let Some(errors) = f.body.as_ref().and_then(|b| b.get("errors")).and_then(Value::as_array) {
+                for e in errors {
+                    eprintln!("  {}", e.as_str().unwrap_or_default());
+                }
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}

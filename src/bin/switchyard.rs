@@ -84,7 +84,11 @@ fn start(config: Config, format: Option<Format>, demo: Option<String>) -> ExitCo
 }
 
 fn print_demo_help(config: &Config) {
-    let http = config.listen.http.map(|a| a.to_string()).unwrap_or_default();
+    let http = config
+        .listen
+        .http
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let admin = config.listen.admin;
     println!(
         r#"

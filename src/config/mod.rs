@@ -222,13 +222,15 @@ impl Config {
         };
         let mut sources = Vec::new();
         for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| ConfigErrors(vec![ConfigError {
-                file: f.clone(),
-                line: 0,
-                column: 0,
-                key: String::new(),
-                message: format!("cannot read: {e}"),
-            }]))?;
+            let text = std::fs::read_to_string(&f).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    file: f.clone(),
+                    line: 0,
+                    column: 0,
+                    key: String::new(),
+                    message: format!("cannot read: {e}"),
+                }])
+            })?;
             sources.push((f, text));
         }
         let base_dir = absolute(&base_dir);
@@ -269,7 +271,8 @@ impl Config {
         if v.errors.is_empty() {
             Ok(config.expect("no errors means a config"))
         } else {
-            v.errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+            v.errors
+                .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             Err(ConfigErrors(v.errors))
         }
     }
@@ -506,7 +509,12 @@ impl Validator<'_> {
         let tls = tls.and_then(|(f, t)| self.tls(f, t, base_dir));
         if tls.is_some() && https.is_none() {
             if let Some((f, l)) = &listen {
-                self.at(*f, l, "listen.https", "[tls] is set but listen.https is not");
+                self.at(
+                    *f,
+                    l,
+                    "listen.https",
+                    "[tls] is set but listen.https is not",
+                );
             }
         }
 
@@ -704,12 +712,7 @@ impl Validator<'_> {
             let expect = smr.expect_status.as_ref().map_or(200, |v| *v.get_ref());
             if !(100..=599).contains(&expect) {
                 let at = smr.expect_status.as_ref().unwrap();
-                self.at(
-                    f,
-                    at,
-                    &format!("{sk}.expect_status"),
-                    "not an HTTP status",
-                );
+                self.at(f, at, &format!("{sk}.expect_status"), "not an HTTP status");
             }
             smoke.push(SmokeCheck {
                 path: smr.path.get_ref().clone(),
@@ -823,7 +826,9 @@ impl Validator<'_> {
             }
         };
         let acme_directory = match &tr.acme_directory {
-            Some(d) if !d.get_ref().starts_with("https://") && !d.get_ref().starts_with("http://") => {
+            Some(d)
+                if !d.get_ref().starts_with("https://") && !d.get_ref().starts_with("http://") =>
+            {
                 self.at(f, d, "tls.acme_directory", "must be an http(s):// URL");
                 String::new()
             }
@@ -915,7 +920,10 @@ fn check_host(host: &str) -> Result<(), String> {
 fn line_col(text: &str, at: usize) -> (usize, usize) {
     let before = &text[..at.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
     (line, col)
 }
 

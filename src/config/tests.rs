@@ -85,12 +85,18 @@ fn duplicate_route_is_refused() {
     let text = format!("{BASE}\n[[route]]\nhost = \"example.com\"\nservice = \"web\"\n");
     let e = errors(&text);
     assert_eq!(e.len(), 1);
-    assert!(e[0].message.contains("already routed at test.toml:6"), "{}", e[0]);
+    assert!(
+        e[0].message.contains("already routed at test.toml:6"),
+        "{}",
+        e[0]
+    );
 }
 
 #[test]
 fn wildcard_and_prefix_rules() {
-    let text = format!("{BASE}\n[[route]]\nhost = \"*.example.com\"\npath_prefix = \"api\"\nservice = \"web\"\n");
+    let text = format!(
+        "{BASE}\n[[route]]\nhost = \"*.example.com\"\npath_prefix = \"api\"\nservice = \"web\"\n"
+    );
     let e = errors(&text);
     assert_eq!(e[0].key, "route[1].path_prefix");
     let text = format!("{BASE}\n[[route]]\nhost = \"a.*.com\"\nservice = \"web\"\n");
@@ -119,7 +125,13 @@ fn shipped_route_files_pass() {
         assert!(!c.routes.is_empty());
     }
     let example = Config::load(&dir.join("example.toml")).unwrap();
-    let by_host = |h: &str| example.routes.iter().find(|r| r.host == h).map(|r| r.service.as_str());
+    let by_host = |h: &str| {
+        example
+            .routes
+            .iter()
+            .find(|r| r.host == h)
+            .map(|r| r.service.as_str())
+    };
     assert_eq!(by_host("example.com"), Some("frontend"));
     assert_eq!(by_host("api.example.com"), Some("api"));
     assert_eq!(by_host("monitoring.example.com"), Some("grafana"));
@@ -154,7 +166,10 @@ fn directory_merge_combines_files() {
     let c = Config::load(dir.path()).unwrap();
     assert_eq!(c.routes.len(), 2);
     assert_eq!(c.services.len(), 2);
-    assert_eq!(c.state_dir, dir.path().canonicalize().unwrap().join("state"));
+    assert_eq!(
+        c.state_dir,
+        dir.path().canonicalize().unwrap().join("state")
+    );
 }
 
 #[test]
