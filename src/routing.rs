@@ -50,7 +50,7 @@ impl RouteTable {
                 .push((r.path_prefix.as_str().into(), idx));
         }
         for pr in t.exact.values_mut().chain(t.wildcard.values_mut()) {
-            pr.entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            pr.entries.sort_by_key(|e| std::cmp::Reverse(e.0.len()));
         }
         t
     }

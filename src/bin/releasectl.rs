@@ -12,10 +12,19 @@ use switchyard::api::*;
 use switchyard::color::Color;
 
 #[derive(Parser)]
-#[command(name = "releasectl", version, about = "Drive switchyard releases: switch, rollback, smoke, backends, history, reload.")]
+#[command(
+    name = "releasectl",
+    version,
+    about = "Drive switchyard releases: switch, rollback, smoke, backends, history, reload."
+)]
 struct Cli {
     /// The admin API of the switchyard instance.
-    #[arg(long, global = true, env = "RELEASECTL_ADMIN", default_value = "http://127.0.0.1:9901")]
+    #[arg(
+        long,
+        global = true,
+        env = "RELEASECTL_ADMIN",
+        default_value = "http://127.0.0.1:9901"
+    )]
     admin: String,
     /// File holding the admin token (default: state/admin.token). RELEASECTL_TOKEN, if set,
     /// holds the token itself and wins.
@@ -136,7 +145,12 @@ struct Client {
 }
 
 impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Failure> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.base.trim_end_matches('/'));
         let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(b) = body {
@@ -208,7 +222,13 @@ fn dash<T: std::fmt::Display>(v: Option<T>) -> String {
 fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
         let line: Vec<String> = r
@@ -250,7 +270,11 @@ fn print_status(s: &StatusResponse) {
             .iter()
             .map(|(color, n)| {
                 let up = svc.upgraded.get(color).copied().unwrap_or(0);
-                let ws = if up > 0 { format!(" ({up} ws)") } else { String::new() };
+                let ws = if up > 0 {
+                    format!(" ({up} ws)")
+                } else {
+                    String::new()
+                };
                 if svc.releasable {
                     format!("{color} {n}{ws}")
                 } else {
@@ -342,7 +366,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 wait_drain: a.wait_drain,
             };
             let v = client
-                .call(Method::POST, "/v1/switch", Some(serde_json::to_value(&req).unwrap()))
+                .call(
+                    Method::POST,
+                    "/v1/switch",
+                    Some(serde_json::to_value(&req).unwrap()),
+                )
                 .await?;
             if !out(&v) {
                 print_release(&decode(&v)?, "switch");
@@ -354,7 +382,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 wait_drain: a.wait_drain,
             };
             let v = client
-                .call(Method::POST, "/v1/rollback", Some(serde_json::to_value(&req).unwrap()))
+                .call(
+                    Method::POST,
+                    "/v1/rollback",
+                    Some(serde_json::to_value(&req).unwrap()),
+                )
                 .await?;
             if !out(&v) {
                 print_release(&decode(&v)?, "roll back");
@@ -366,7 +398,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 services: a.services.clone(),
             };
             let v = client
-                .call(Method::POST, "/v1/smoke", Some(serde_json::to_value(&req).unwrap()))
+                .call(
+                    Method::POST,
+                    "/v1/smoke",
+                    Some(serde_json::to_value(&req).unwrap()),
+                )
                 .await?;
             let r: SmokeResponse = decode(&v)?;
             if !out(&v) {
@@ -385,7 +421,10 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 println!("{passed}/{} smoke checks passed", r.results.len());
             }
             if !r.passed {
-                return Err(Failure::new(1, format!("smoke checks of {} failed", a.color)));
+                return Err(Failure::new(
+                    1,
+                    format!("smoke checks of {} failed", a.color),
+                ));
             }
         }
         Verb::Backends(a) => {
@@ -395,7 +434,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             };
             let path = format!("/v1/services/{}/backends/{}", a.service, a.color);
             let v = client
-                .call(Method::PUT, &path, Some(serde_json::to_value(&req).unwrap()))
+                .call(
+                    Method::PUT,
+                    &path,
+                    Some(serde_json::to_value(&req).unwrap()),
+                )
                 .await?;
             if !out(&v) {
                 println!("{} {} backends: {}", a.service, a.color, a.addrs.join(", "));
@@ -420,7 +463,11 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                         e.action,
                         e.services.join(","),
                         e.result,
-                        if e.detail.is_null() { String::new() } else { e.detail.to_string() },
+                        if e.detail.is_null() {
+                            String::new()
+                        } else {
+                            e.detail.to_string()
+                        },
                     ]);
                 }
                 print_table(&rows);
@@ -434,7 +481,10 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             }
         }
         Verb::Canary { .. } | Verb::Promote | Verb::Abort | Verb::Certs => {
-            return Err(Failure::new(2, "this verb is not available in this version of switchyard"));
+            return Err(Failure::new(
+                2,
+                "this verb is not available in this version of switchyard",
+            ));
         }
     }
     Ok(())
@@ -463,7 +513,12 @@ fn main() -> ExitCode {
             {
                 print_failures(&failures);
             }
-            if let Some(errors) = f.body.as_ref().and_then(|b| b.get("errors")).and_then(Value::as_array) {
+            if let Some(errors) = f
+                .body
+                .as_ref()
+                .and_then(|b| b.get("errors"))
+                .and_then(Value::as_array)
+            {
                 for e in errors {
                     eprintln!("  {}", e.as_str().unwrap_or_default());
                 }
