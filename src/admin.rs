@@ -173,6 +173,8 @@ impl AdminApp {
                 ok(&c.history(limit)?)
             }
             ("POST", ["reload"]) => ok(&c.reload().await?),
+            ("GET", ["certs"]) => ok(&c.certs()),
+            ("POST", ["certs", "renew"]) => ok(&c.renew_certs(parse(body)?)?),
             (
                 _,
                 ["status"]

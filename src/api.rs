@@ -138,3 +138,21 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CertsResponse {
+    pub certs: Vec<crate::tls::store::CertInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// Empty: every host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// The hosts whose renewal was scheduled now.
+    pub hosts: Vec<String>,
+}

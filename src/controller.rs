@@ -24,6 +24,7 @@ use crate::shared::Shared;
 use crate::smoke;
 use crate::snapshot::{self, Overrides, Retained, Snapshot};
 use crate::store::{FileStore, HistoryEvent, PersistedState, StateStore, STATE_VERSION};
+use crate::tls::CertManager;
 
 /// An API error: HTTP status and body.
 #[derive(Debug)]
@@ -51,6 +52,8 @@ struct Inner {
 
 pub struct Controller {
     shared: Arc<Shared>,
+    /// Set once at start when TLS is configured.
+    certs: std::sync::OnceLock<Option<Arc<CertManager>>>,
     store: Box<dyn StateStore>,
     inner: tokio::sync::Mutex<Inner>,
     client: reqwest::Client,
@@ -107,6 +110,7 @@ impl Controller {
         }
         Ok(Arc::new(Controller {
             shared,
+            certs: std::sync::OnceLock::new(),
             store: Box::new(store),
             inner: tokio::sync::Mutex::new(Inner { config, state }),
             client,
@@ -115,6 +119,34 @@ impl Controller {
 
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    pub fn set_certs(&self, certs: Option<Arc<CertManager>>) {
+        let _ = self.certs.set(certs);
+    }
+
+    fn cert_manager(&self) -> Option<&Arc<CertManager>> {
+        self.certs.get().and_then(Option::as_ref)
+    }
+
+    pub fn certs(&self) -> CertsResponse {
+        CertsResponse {
+            certs: self.cert_manager().map(|m| m.infos()).unwrap_or_default(),
+        }
+    }
+
+    pub fn renew_certs(&self, req: RenewRequest) -> Result<RenewResponse, ApiError> {
+        let Some(m) = self.cert_manager() else {
+            return Err(ApiError::new(
+                409,
+                "TLS is not configured ([tls] and listen.https)",
+            ));
+        };
+        let hosts = m.force_renew(&req.hosts);
+        if hosts.is_empty() {
+            return Err(ApiError::new(404, "no such host has a certificate"));
+        }
+        Ok(RenewResponse { hosts })
     }
 
     fn build(&self, config: Arc<Config>, state: &PersistedState) -> Result<Snapshot, ApiError> {
@@ -519,6 +551,9 @@ impl Controller {
         }
         let snap = self.build(config.clone(), &inner.state)?;
         self.shared.publish(snap);
+        if let Some(m) = self.cert_manager() {
+            m.poke();
+        }
         let resp = ReloadResponse {
             routes: config.routes.len(),
             services: config.services.len(),

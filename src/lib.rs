@@ -25,4 +25,5 @@ pub mod shared;
 pub mod smoke;
 pub mod snapshot;
 pub mod store;
+pub mod tls;
 pub mod token;

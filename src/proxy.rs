@@ -20,6 +20,7 @@ use crate::metrics::{self, UpstreamErrorKind};
 use crate::pool::{Pool, PoolLoad};
 use crate::shared::Shared;
 use crate::snapshot::ServiceRuntime;
+use crate::tls::store::CertStore;
 
 /// How long an idle upstream connection stays in pingora's pool.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,7 +46,14 @@ pub struct EdgeProxy {
     pub shared: Arc<Shared>,
     /// Set on the HTTPS listener's instance.
     pub tls: bool,
+    /// Certificates and ACME challenge answers, when TLS is configured.
+    pub certs: Option<Arc<CertStore>>,
+    /// The HTTPS port to redirect to (from the HTTP listener), when TLS is configured.
+    pub https_port: Option<u16>,
 }
+
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+static HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
 /// Counts a request as in flight on its pool until dropped with the request's context.
 struct InflightGuard(Arc<PoolLoad>);
@@ -74,6 +82,7 @@ pub struct RequestCtx {
     /// The backend the current attempt goes to.
     backend: Option<SocketAddr>,
     request_id: Option<HeaderValue>,
+    hsts: bool,
     upstream_error: Option<UpstreamErrorKind>,
     _inflight: Option<InflightGuard>,
     _upgraded: Option<UpgradedGuard>,
@@ -108,20 +117,33 @@ pub async fn respond(
     session: &mut Session,
     status: u16,
     content_type: &str,
-    body: &'static [u8],
+    body: Bytes,
+    location: Option<&str>,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, content_type)?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    if let Some(loc) = location {
+        resp.insert_header(header::LOCATION, loc)?;
+    }
     session
         .write_response_header(Box::new(resp), body.is_empty())
         .await?;
     if !body.is_empty() {
-        session
-            .write_response_body(Some(Bytes::from_static(body)), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// `https://host[:port]/path?query` for a redirect from the HTTP listener.
+fn https_location(host: &str, port: u16, req: &RequestHeader) -> String {
+    let host = crate::routing::strip_port(host);
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    }
 }
 
 fn error_kind(e: &Error) -> UpstreamErrorKind {
@@ -153,6 +175,7 @@ impl ProxyHttp for EdgeProxy {
             retried: false,
             backend: None,
             request_id: None,
+            hsts: false,
             upstream_error: None,
             _inflight: None,
             _upgraded: None,
@@ -164,14 +187,69 @@ impl ProxyHttp for EdgeProxy {
         ctx.start = Instant::now();
         let snapshot = self.shared.snapshot.load();
         let req = session.req_header();
+        if !self.tls {
+            if let (Some(certs), Some(token)) = (
+                &self.certs,
+                req.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX),
+            ) {
+                // http-01: answered before routing, for any host, like Caddy.
+                let answer = certs.http_challenge(token);
+                match answer {
+                    Some(ka) => {
+                        respond(
+                            session,
+                            200,
+                            "application/octet-stream",
+                            Bytes::from(ka),
+                            None,
+                        )
+                        .await?
+                    }
+                    None => {
+                        respond(
+                            session,
+                            404,
+                            "text/plain",
+                            Bytes::from_static(b"no such challenge\n"),
+                            None,
+                        )
+                        .await?
+                    }
+                }
+                return Ok(true);
+            }
+        }
         let found = snapshot
             .routes
             .lookup(request_host(req), req.uri.path())
             .map(|i| &snapshot.services[i]);
         let Some(service) = found else {
-            respond(session, 404, "text/plain", b"no route for this host\n").await?;
+            respond(
+                session,
+                404,
+                "text/plain",
+                Bytes::from_static(b"no route for this host\n"),
+                None,
+            )
+            .await?;
             return Ok(true);
         };
+        if let Some(tls) = &snapshot.config.tls {
+            if self.tls {
+                ctx.hsts = tls.hsts;
+            } else if let (true, Some(port)) = (tls.redirect_http, self.https_port) {
+                let location = https_location(request_host(req), port, req);
+                respond(
+                    session,
+                    308,
+                    "text/plain",
+                    Bytes::from_static(b"redirecting to https\n"),
+                    Some(&location),
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
         let pool = service.active_pool();
         ctx.pool = service
             .pools
@@ -290,6 +368,9 @@ impl ProxyHttp for EdgeProxy {
             }
         } else {
             strip_hop_by_hop(resp, false)?;
+        }
+        if ctx.hsts && !resp.headers.contains_key(header::STRICT_TRANSPORT_SECURITY) {
+            resp.insert_header(header::STRICT_TRANSPORT_SECURITY, HSTS.clone())?;
         }
         if let Some(id) = ctx.request_id.take() {
             if !resp.headers.contains_key(&X_REQUEST_ID) {

@@ -79,7 +79,8 @@ impl RouteTable {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [::1]:8080
         return match host.find(']') {

@@ -21,6 +21,8 @@ use crate::demo::DemoBackend;
 use crate::health::HealthChecker;
 use crate::proxy::EdgeProxy;
 use crate::shared::Shared;
+use crate::tls::front::TlsFront;
+use crate::tls::{self, CertManager, CertService};
 use crate::token;
 
 pub struct RunOptions {
@@ -42,14 +44,25 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         preflight_bind("listen.http", a)?;
     }
     preflight_bind("listen.admin", config.listen.admin)?;
-    if config.listen.https.is_some() || config.tls.is_some() {
-        tracing::warn!("TLS termination is not built yet: listen.https and [tls] are ignored");
+    if let Some(a) = config.listen.https {
+        preflight_bind("listen.https", a)?;
     }
 
     let controller = Controller::open((*config).clone())?;
     let shared = controller.shared().clone();
     let token = token::load_or_create(&config.token_file)
         .with_context(|| format!("admin.token_file {}", config.token_file.display()))?;
+
+    // Certificates before listeners: HTTPS answers from the first connection.
+    let certs = match (&config.tls, config.listen.https) {
+        (Some(_), Some(_)) => {
+            let m = CertManager::new(shared.clone());
+            m.prepare(&config)?;
+            Some(m)
+        }
+        _ => None,
+    };
+    controller.set_certs(certs.clone());
 
     let conf = ServerConf {
         threads: config.threads,
@@ -72,11 +85,32 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             EdgeProxy {
                 shared: shared.clone(),
                 tls: false,
+                certs: certs.as_ref().map(|c| c.store.clone()),
+                https_port: config.listen.https.map(|a| a.port()),
             },
             "proxy http",
         );
         proxy.add_tcp(&http.to_string());
         services.push(Box::new(proxy));
+    }
+    if let (Some(https), Some(certs)) = (config.listen.https, &certs) {
+        let proxy = pingora_proxy::http_proxy(
+            &conf,
+            EdgeProxy {
+                shared: shared.clone(),
+                tls: true,
+                certs: Some(certs.store.clone()),
+                https_port: Some(https.port()),
+            },
+        );
+        let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
+        let mut svc = Service::new("proxy https".to_string(), front);
+        svc.add_tcp(&https.to_string());
+        services.push(Box::new(svc));
+        services.push(Box::new(background_service(
+            "certificates",
+            CertService(certs.clone()),
+        )));
     }
 
     let mut admin = Service::new(
@@ -126,6 +160,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     tracing::info!(
         http = ?config.listen.http,
+        https = ?config.listen.https,
         admin = %config.listen.admin,
         threads = config.threads,
         routes = config.routes.len(),

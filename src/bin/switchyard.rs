@@ -90,17 +90,30 @@ fn print_demo_help(config: &Config) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let admin = config.listen.admin;
+    let https = match (config.listen.https, &config.tls) {
+        (Some(a), Some(tls)) => format!(
+            "\n  https:     https://localhost:{port}/   (local CA: {ca})\n             curl --cacert {ca} https://localhost:{port}/",
+            port = a.port(),
+            ca = tls.cert_dir.join("ca.crt").display()
+        ),
+        _ => String::new(),
+    };
     println!(
         r#"
 Switchyard demo is running.
-  proxy:     http://{http}/      (routes: localhost, 127.0.0.1 → service "web")
+  proxy:     http://{http}/      (routes: localhost, 127.0.0.1 → service "web"){https}
   admin:     http://{admin}/health   http://{admin}/metrics
   state dir: {state}
 
 Try:
   curl -s http://{http}/                         # answered by the blue backend
   curl -s -H 'Host: nope.example' -o /dev/null -w '%{{http_code}}\n' http://{http}/   # 404: no route
+  releasectl status                                 # from this directory (token: state/admin.token)
+  releasectl switch green                           # smoke-checks green, then switches atomically
+  curl -s http://{http}/                         # now answered by green
+  releasectl rollback
   curl -s http://{admin}/metrics | grep switchyard_requests_total
+(releasectl: `cargo run --release --bin releasectl -- status`, or target/release/releasectl)
 Stop with Ctrl-C (or SIGTERM for a graceful drain).
 "#,
         state = config.state_dir.display()

@@ -71,6 +71,7 @@ pub struct FileTls {
     pub challenge: Option<Spanned<String>>,
     pub cert_dir: Option<Spanned<String>>,
     pub renew_before_days: Option<Spanned<u64>>,
+    pub retry_base_s: Option<Spanned<u64>>,
     pub redirect_http: Option<bool>,
     pub hsts: Option<bool>,
     #[serde(default)]

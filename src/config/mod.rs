@@ -98,6 +98,8 @@ pub struct TlsConfig {
     pub challenge: Challenge,
     pub cert_dir: PathBuf,
     pub renew_before_days: Option<u64>,
+    /// First retry delay after a failed order; doubles per failure up to 6 h.
+    pub retry_base_s: u64,
     pub redirect_http: bool,
     pub hsts: bool,
     /// issuer = "files": host → (cert, key).
@@ -869,6 +871,7 @@ impl Validator<'_> {
                 .map(|d| base_dir.join(d.get_ref()))
                 .unwrap_or_else(|| base_dir.join("certs")),
             renew_before_days: tr.renew_before_days.as_ref().map(|d| *d.get_ref()),
+            retry_base_s: tr.retry_base_s.as_ref().map_or(60, |d| *d.get_ref()).max(1),
             redirect_http: tr.redirect_http.unwrap_or(true),
             hsts: tr.hsts.unwrap_or(true),
             files,

@@ -1,0 +1,199 @@
+//! `issuer = "acme"`: one ACME order per host with instant-acme, answering http-01 on the
+//! HTTP listener or tls-alpn-01 on the HTTPS listener through the [`CertStore`].
+//!
+//! Call order (instant-acme's `examples/provision.rs`): new_order → authorizations →
+//! challenge set_ready → poll_ready → finalize → poll_certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rcgen::{CertificateParams, CustomExtension, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+
+use super::store::CertStore;
+use crate::config::{Challenge, TlsConfig};
+use crate::store::write_atomic;
+
+pub const ACCOUNT_FILE: &str = "acme-account.json";
+
+/// How long one order may take, challenges included, before it counts as failed.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn builder(cfg: &TlsConfig) -> anyhow::Result<instant_acme::AccountBuilder> {
+    Ok(match &cfg.acme_root_ca {
+        Some(ca) => Account::builder_with_root(ca)
+            .with_context(|| format!("tls.acme_root_ca {}", ca.display()))?,
+        None => Account::builder().context("ACME HTTP client")?,
+    })
+}
+
+/// The ACME account: created once, its credentials (key included) kept in
+/// `cert_dir/acme-account.json` with mode 0600 and reused afterwards.
+pub async fn account(cfg: &TlsConfig) -> anyhow::Result<Account> {
+    let path = cfg.cert_dir.join(ACCOUNT_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let creds: AccountCredentials = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not an ACME account file", path.display()))?;
+        return builder(cfg)?
+            .from_credentials(creds)
+            .await
+            .context("restoring the ACME account");
+    }
+    let contact = cfg.acme_email.as_ref().map(|e| format!("mailto:{e}"));
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, creds) = builder(cfg)?
+        .create(
+            &NewAccount {
+                contact: &contacts,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            cfg.acme_directory.clone(),
+            None,
+        )
+        .await
+        .with_context(|| format!("creating an ACME account at {}", cfg.acme_directory))?;
+    let json = serde_json::to_vec_pretty(&creds)?;
+    write_atomic(&path, &json, 0o600).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(directory = %cfg.acme_directory, "created the ACME account");
+    Ok(account)
+}
+
+/// Removes a challenge answer from the store when the order ends, however it ends.
+struct ChallengeGuard<'a> {
+    store: &'a CertStore,
+    host: String,
+    tokens: Vec<String>,
+}
+
+impl Drop for ChallengeGuard<'_> {
+    fn drop(&mut self) {
+        for t in &self.tokens {
+            self.store.set_http_challenge(t, None);
+        }
+        self.store.set_alpn_challenge(&self.host, None);
+    }
+}
+
+/// The self-signed certificate that answers tls-alpn-01 (RFC 8737): the host as its only SAN
+/// and the SHA-256 of the key authorization in the critical acmeIdentifier extension.
+fn alpn_challenge_cert(host: &str, digest: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![host.to_string()])?;
+    params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        signing,
+    )))
+}
+
+/// Orders a certificate for `host`: (chain PEM, key PEM). The key is ECDSA P-256, generated
+/// here (instant-acme's `finalize` uses rcgen's default).
+pub async fn order(
+    account: &Account,
+    host: &str,
+    challenge: Challenge,
+    store: &CertStore,
+) -> anyhow::Result<(String, String)> {
+    let ids = [Identifier::Dns(host.to_string())];
+    let mut order = account
+        .new_order(&NewOrder::new(&ids))
+        .await
+        .context("new order")?;
+    let mut guard = ChallengeGuard {
+        store,
+        host: host.to_string(),
+        tokens: Vec::new(),
+    };
+    let kind = match challenge {
+        Challenge::Http01 => ChallengeType::Http01,
+        Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authz) = authorizations.next().await {
+        let mut authz = authz.context("authorization")?;
+        match authz.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => bail!("authorization is {other:?}"),
+        }
+        let mut ch = authz
+            .challenge(kind.clone())
+            .with_context(|| format!("the CA offers no {kind:?} challenge for {host}"))?;
+        let key_auth = ch.key_authorization();
+        match challenge {
+            Challenge::Http01 => {
+                let token = ch.token.clone();
+                store.set_http_challenge(&token, Some(key_auth.as_str().to_string()));
+                guard.tokens.push(token);
+            }
+            Challenge::TlsAlpn01 => {
+                let cert = alpn_challenge_cert(host, key_auth.digest().as_ref())?;
+                store.set_alpn_challenge(host, Some(cert));
+            }
+        }
+        ch.set_ready().await.context("challenge ready")?;
+    }
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(ORDER_TIMEOUT);
+    let status = order
+        .poll_ready(&retry)
+        .await
+        .context("waiting for validation")?;
+    if status != OrderStatus::Ready {
+        let mut detail = String::new();
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(mut a)) = authorizations.next().await {
+            if let Some(ch) = a.challenge(kind.clone()) {
+                if let Some(err) = &ch.error {
+                    detail = format!(": {}", err.detail.clone().unwrap_or_default());
+                }
+            }
+        }
+        bail!("order for {host} is {status:?}{detail}");
+    }
+    let key_pem = order.finalize().await.context("finalize")?;
+    let chain_pem = order
+        .poll_certificate(&retry)
+        .await
+        .context("downloading the certificate")?;
+    drop(guard);
+    Ok((chain_pem, key_pem))
+}
+
+/// The CA's suggested renewal time (ARI, RFC 9773) as unix seconds, when the CA offers it.
+pub async fn renewal_info(account: &Account, cert: &CertificateDer<'_>) -> Option<u64> {
+    let id = instant_acme::CertificateIdentifier::try_from(cert).ok()?;
+    match account.renewal_info(&id).await {
+        Ok((info, _retry_after)) => {
+            let start = info.suggested_window.start.unix_timestamp();
+            let end = info.suggested_window.end.unix_timestamp();
+            // A random point in the window, as RFC 9773 §4.2 asks.
+            let span = (end - start).max(0) as u64;
+            let pick = if span > 0 {
+                rand::random::<u64>() % span
+            } else {
+                0
+            };
+            Some(start.max(0) as u64 + pick)
+        }
+        Err(_) => None,
+    }
+}
+
+/// True when `dir` holds an account file (used by `certs` output).
+pub fn has_account(dir: &Path) -> bool {
+    dir.join(ACCOUNT_FILE).exists()
+}

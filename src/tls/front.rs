@@ -1,0 +1,93 @@
+//! The HTTPS listener: our own rustls handshake in front of pingora's HTTP proxy.
+//!
+//! pingora's `TlsSettings` takes one fixed ALPN list, and rustls refuses a client whose ALPN
+//! offer shares nothing with it. tls-alpn-01 needs `acme-tls/1` next to `h2` and `http/1.1`,
+//! so the handshake happens here (pingora's public `Acceptor::from_server_config`), and the
+//! TLS stream is handed to the proxy as any other pingora stream — the pattern pingora's own
+//! docs show for custom acceptors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{Ssl, Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use rustls::ServerConfig;
+
+use super::store::{CertStore, ACME_TLS_ALPN};
+use crate::proxy::EdgeProxy;
+
+/// A client that has not finished its handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS 1.2 and 1.3 only; ALPN h2, http/1.1 and acme-tls/1 (chosen only by an ACME
+/// validator, which offers nothing else); certificates chosen by SNI from the store.
+pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    Arc::new(config)
+}
+
+pub struct TlsFront {
+    acceptor: Acceptor,
+    proxy: Arc<HttpProxy<EdgeProxy>>,
+}
+
+impl TlsFront {
+    pub fn new(config: Arc<ServerConfig>, proxy: HttpProxy<EdgeProxy>) -> TlsFront {
+        TlsFront {
+            acceptor: Acceptor::from_server_config(config),
+            proxy: Arc::new(proxy),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for TlsFront {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // The listener hands us a boxed plain TCP stream; the handshake wants the concrete type.
+        let Ok(tcp) = io.into_any().downcast::<L4Stream>() else {
+            tracing::error!("HTTPS listener got a stream that is not TCP");
+            return None;
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(*tcp))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return None;
+            }
+        };
+        let acme = matches!(
+            tls.selected_alpn_proto(),
+            Some(ALPN::Custom(c)) if c.protocol() == ACME_TLS_ALPN
+        );
+        if acme {
+            // The validator only needed the handshake.
+            return None;
+        }
+        // Keep-alive reuse comes back here; keep it inside this connection's loop so the
+        // outer accept loop never tries to handshake an already-encrypted stream.
+        let mut stream: Stream = Box::new(tls);
+        loop {
+            match ServerApp::process_new(&self.proxy, stream, shutdown).await {
+                Some(reused) => stream = reused,
+                None => return None,
+            }
+        }
+    }
+}

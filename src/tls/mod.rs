@@ -1,0 +1,425 @@
+//! TLS termination: certificates per host from ACME, a local CA or files, swapped into a
+//! lock-free store read at every handshake, and renewed in the background.
+//!
+//! - `store`: the certificate map and the rustls SNI resolver.
+//! - `front`: the HTTPS listener (our handshake, then pingora's proxy).
+//! - `internal`, `acme`: the issuers.
+//! - this file: [`CertManager`], which decides what to issue and when.
+
+pub mod acme;
+pub mod front;
+pub mod internal;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use tokio::sync::Notify;
+
+use crate::config::{Config, Issuer, TlsConfig};
+use crate::metrics;
+use crate::shared::Shared;
+use crate::store::{rfc3339, write_atomic};
+use store::{covers, load_pem, unix_now, CertInfo, CertStore, LoadedCert};
+
+/// Longest sleep between two looks at the certificates.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// Retries of a failed order back off exponentially up to this.
+const MAX_BACKOFF_S: u64 = 6 * 3600;
+
+/// Where a host's certificate and key live in `cert_dir`.
+pub fn cert_paths(dir: &std::path::Path, host: &str) -> (PathBuf, PathBuf) {
+    let stem = host.replace('*', "_wildcard");
+    (
+        dir.join(format!("{stem}.crt")),
+        dir.join(format!("{stem}.key")),
+    )
+}
+
+/// When a certificate is due for renewal: `renew_before_days` before expiry if set, else
+/// with a third of its lifetime left (so 6-day and 90-day certificates both work).
+pub fn renewal_due(cert: &LoadedCert, renew_before_days: Option<u64>) -> u64 {
+    match renew_before_days {
+        Some(days) => cert.not_after.saturating_sub(days * 86_400),
+        None => cert.not_after.saturating_sub(cert.lifetime().as_secs() / 3),
+    }
+}
+
+/// Delay before retry number `failures` (1-based): base, 2×base, 4×base… capped at 6 h.
+pub fn backoff(base_s: u64, failures: u32) -> u64 {
+    let exp = failures.saturating_sub(1).min(20);
+    base_s.saturating_mul(1u64 << exp).min(MAX_BACKOFF_S)
+}
+
+#[derive(Default, Clone)]
+struct HostState {
+    last_error: Option<String>,
+    failures: u32,
+    /// Unix seconds before which no new attempt is made (backoff).
+    next_attempt: u64,
+    /// Unix seconds suggested by the CA's renewal information, when it gave one.
+    ari_due: Option<u64>,
+    forced: bool,
+}
+
+pub struct CertManager {
+    pub store: Arc<CertStore>,
+    shared: Arc<Shared>,
+    hosts: Mutex<BTreeMap<String, HostState>>,
+    wake: Notify,
+    account: tokio::sync::Mutex<Option<instant_acme::Account>>,
+}
+
+fn tls_of(config: &Config) -> Option<&TlsConfig> {
+    config.tls.as_ref()
+}
+
+/// The hosts that need a certificate: every routed host the issuer can serve. ACME with
+/// http-01/tls-alpn-01 cannot prove a wildcard or an IP address; those are skipped with a
+/// warning (they can use `internal` or `files`).
+pub fn wanted_hosts(config: &Config) -> Vec<String> {
+    let Some(tls) = tls_of(config) else {
+        return Vec::new();
+    };
+    let mut hosts: Vec<String> = match tls.issuer {
+        Issuer::Files => tls.files.keys().cloned().collect(),
+        _ => config.routes.iter().map(|r| r.host.clone()).collect(),
+    };
+    hosts.sort();
+    hosts.dedup();
+    if tls.issuer == Issuer::Acme {
+        hosts.retain(|h| {
+            let ok = !h.starts_with("*.") && h.parse::<IpAddr>().is_err() && h != "localhost";
+            if !ok {
+                tracing::warn!(host = %h, "ACME cannot issue for a wildcard, an IP or localhost: no certificate for it");
+            }
+            ok
+        });
+    }
+    hosts
+}
+
+impl CertManager {
+    pub fn new(shared: Arc<Shared>) -> Arc<CertManager> {
+        Arc::new(CertManager {
+            store: Arc::new(CertStore::default()),
+            shared,
+            hosts: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            account: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// At start, before serving: load what `cert_dir` (or `[tls.files]`) holds, and for the
+    /// internal issuer create what is missing, so HTTPS answers from the first connection.
+    /// ACME orders run in the background afterwards.
+    pub fn prepare(&self, config: &Config) -> anyhow::Result<()> {
+        let Some(tls) = tls_of(config) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&tls.cert_dir)
+            .with_context(|| format!("cannot create tls.cert_dir {}", tls.cert_dir.display()))?;
+        for host in wanted_hosts(config) {
+            let (cert, key) = match tls.issuer {
+                Issuer::Files => tls.files[&host].clone(),
+                _ => cert_paths(&tls.cert_dir, &host),
+            };
+            match load_files(&cert, &key) {
+                Ok(c) if covers(&c, &host) => self.install(&host, c),
+                Ok(_) if tls.issuer == Issuer::Files => {
+                    anyhow::bail!("{} does not cover {host}", cert.display())
+                }
+                Ok(_) => {
+                    tracing::warn!(%host, file = %cert.display(), "certificate on disk does not cover the host: replacing it")
+                }
+                Err(e) if tls.issuer == Issuer::Files => {
+                    return Err(e.context(format!("[tls.files] \"{host}\"")))
+                }
+                Err(_) => {}
+            }
+            if tls.issuer == Issuer::Internal && self.store.get(&host).is_none() {
+                self.issue_internal(tls, &host)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn install(&self, host: &str, cert: LoadedCert) {
+        metrics::global()
+            .cert_expiry
+            .with_label_values(&[host])
+            .set(cert.not_after as f64);
+        tracing::info!(%host, not_after = %rfc3339(cert.not_after), serial = %cert.serial, "certificate installed");
+        self.store.insert(host, cert);
+    }
+
+    fn issue_internal(&self, tls: &TlsConfig, host: &str) -> anyhow::Result<()> {
+        let ca = internal::InternalCa::load_or_create(&tls.cert_dir)?;
+        let (cert_pem, key_pem) = ca.issue(host)?;
+        self.save_and_install(tls, host, &cert_pem, &key_pem)
+    }
+
+    fn save_and_install(
+        &self,
+        tls: &TlsConfig,
+        host: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<()> {
+        let loaded = load_pem(cert_pem.as_bytes(), key_pem.as_bytes())?;
+        let (cert_path, key_path) = cert_paths(&tls.cert_dir, host);
+        // Key first: a crash between the two leaves a new key beside the old certificate,
+        // which the next start detects (covers/parse) and replaces.
+        write_atomic(&key_path, key_pem.as_bytes(), 0o600)
+            .with_context(|| format!("writing {}", key_path.display()))?;
+        write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", cert_path.display()))?;
+        self.install(host, loaded);
+        Ok(())
+    }
+
+    /// Asks for a renewal of `hosts` (all when empty) at the next look, now.
+    pub fn force_renew(&self, hosts: &[String]) -> Vec<String> {
+        let config = self.shared.snapshot.load().config.clone();
+        let wanted = wanted_hosts(&config);
+        let mut m = self.hosts.lock().unwrap();
+        let mut out = Vec::new();
+        for h in wanted {
+            if hosts.is_empty() || hosts.contains(&h) {
+                let st = m.entry(h.clone()).or_default();
+                st.forced = true;
+                st.next_attempt = 0;
+                out.push(h);
+            }
+        }
+        drop(m);
+        self.wake.notify_one();
+        out
+    }
+
+    /// Wakes the loop after a reload changed the hosts.
+    pub fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn infos(&self) -> Vec<CertInfo> {
+        let config = self.shared.snapshot.load().config.clone();
+        let Some(tls) = tls_of(&config) else {
+            return Vec::new();
+        };
+        let issuer = match tls.issuer {
+            Issuer::Acme => "acme",
+            Issuer::Internal => "internal",
+            Issuer::Files => "files",
+        };
+        let m = self.hosts.lock().unwrap();
+        let now = unix_now();
+        wanted_hosts(&config)
+            .into_iter()
+            .map(|host| {
+                let st = m.get(&host).cloned().unwrap_or_default();
+                let cert = self.store.get(&host);
+                let next = cert.as_ref().map(|c| {
+                    let due = self.due(c, tls, &st);
+                    due.max(st.next_attempt)
+                });
+                CertInfo {
+                    issuer: issuer.to_string(),
+                    not_before: cert.as_ref().map(|c| rfc3339(c.not_before)),
+                    not_after: cert.as_ref().map(|c| rfc3339(c.not_after)),
+                    days_left: cert.as_ref().map(|c| {
+                        ((c.not_after as f64 - now as f64) / 86_400.0 * 10.0).round() / 10.0
+                    }),
+                    next_renewal: if tls.issuer == Issuer::Files {
+                        None
+                    } else {
+                        next.map(rfc3339)
+                    },
+                    serial: cert.as_ref().map(|c| c.serial.clone()),
+                    last_error: st.last_error.clone(),
+                    host,
+                }
+            })
+            .collect()
+    }
+
+    fn due(&self, cert: &LoadedCert, tls: &TlsConfig, st: &HostState) -> u64 {
+        let mut due = renewal_due(cert, tls.renew_before_days);
+        if let Some(ari) = st.ari_due {
+            due = due.min(ari);
+        }
+        if st.forced {
+            due = 0;
+        }
+        due
+    }
+
+    /// One pass: obtain every missing or due certificate whose backoff allows it. Returns how
+    /// long to sleep before the next pass.
+    async fn pass(&self) -> Duration {
+        let config = self.shared.snapshot.load().config.clone();
+        let Some(tls) = tls_of(&config) else {
+            return MAX_SLEEP;
+        };
+        if tls.issuer == Issuer::Files {
+            return MAX_SLEEP;
+        }
+        let mut next_wake = unix_now() + MAX_SLEEP.as_secs();
+        for host in wanted_hosts(&config) {
+            let now = unix_now();
+            let st = self
+                .hosts
+                .lock()
+                .unwrap()
+                .get(&host)
+                .cloned()
+                .unwrap_or_default();
+            let cert = self.store.get(&host);
+            let due = cert.as_ref().map_or(0, |c| self.due(c, tls, &st));
+            let when = due.max(st.next_attempt);
+            if when > now {
+                next_wake = next_wake.min(when);
+                continue;
+            }
+            let result = self.obtain(tls, &host).await;
+            let mut m = self.hosts.lock().unwrap();
+            let st = m.entry(host.clone()).or_default();
+            st.forced = false;
+            match result {
+                Ok(()) => {
+                    metrics::global()
+                        .acme_orders
+                        .with_label_values(&["ok"])
+                        .inc();
+                    st.failures = 0;
+                    st.last_error = None;
+                    st.next_attempt = 0;
+                    st.ari_due = None;
+                }
+                Err(e) => {
+                    metrics::global()
+                        .acme_orders
+                        .with_label_values(&["error"])
+                        .inc();
+                    st.failures += 1;
+                    let delay = backoff(tls.retry_base_s, st.failures);
+                    st.next_attempt = unix_now() + delay;
+                    st.last_error = Some(format!("{e:#}"));
+                    next_wake = next_wake.min(st.next_attempt);
+                    tracing::warn!(%host, retry_in_s = delay, failures = st.failures, "could not obtain a certificate: {e:#} (the current certificate, if any, keeps serving)");
+                }
+            }
+        }
+        // Renewal information from the CA can move a renewal earlier (best effort).
+        if tls.issuer == Issuer::Acme {
+            self.refresh_ari(tls).await;
+        }
+        Duration::from_secs(next_wake.saturating_sub(unix_now()).max(1)).min(MAX_SLEEP)
+    }
+
+    async fn obtain(&self, tls: &TlsConfig, host: &str) -> anyhow::Result<()> {
+        match tls.issuer {
+            Issuer::Internal => self.issue_internal(tls, host),
+            Issuer::Files => Ok(()),
+            Issuer::Acme => {
+                let mut account = self.account.lock().await;
+                if account.is_none() {
+                    *account = Some(acme::account(tls).await?);
+                }
+                let acct = account.as_ref().expect("set above");
+                tracing::info!(%host, challenge = ?tls.challenge, "ordering a certificate");
+                let (chain, key) = acme::order(acct, host, tls.challenge, &self.store).await?;
+                self.save_and_install(tls, host, &chain, &key)
+            }
+        }
+    }
+
+    async fn refresh_ari(&self, tls: &TlsConfig) {
+        let account = self.account.lock().await;
+        let Some(acct) = account.as_ref() else { return };
+        let hosts: Vec<String> = self.hosts.lock().unwrap().keys().cloned().collect();
+        for host in hosts {
+            let Some(cert) = self.store.get(&host) else {
+                continue;
+            };
+            let Some(leaf) = cert.key.cert.first() else {
+                continue;
+            };
+            if let Some(due) = acme::renewal_info(acct, leaf).await {
+                let _ = tls;
+                if let Some(st) = self.hosts.lock().unwrap().get_mut(&host) {
+                    st.ari_due = Some(due);
+                }
+            }
+        }
+    }
+}
+
+fn load_files(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<LoadedCert> {
+    let c = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let k = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+    load_pem(&c, &k).with_context(|| format!("{} / {}", cert.display(), key.display()))
+}
+
+/// The renewal loop as a pingora background service.
+pub struct CertService(pub Arc<CertManager>);
+
+#[async_trait]
+impl BackgroundService for CertService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let sleep = self.0.pass().await;
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.0.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(60, 1), 60);
+        assert_eq!(backoff(60, 2), 120);
+        assert_eq!(backoff(60, 5), 960);
+        assert_eq!(backoff(60, 40), MAX_BACKOFF_S);
+    }
+
+    #[test]
+    fn renewal_at_a_third_of_the_lifetime_or_fixed_days() {
+        let ca = internal::InternalCa::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let (c, k) = ca.issue("a.example").unwrap();
+        let cert = load_pem(c.as_bytes(), k.as_bytes()).unwrap();
+        let life = cert.not_after - cert.not_before;
+        assert_eq!(renewal_due(&cert, None), cert.not_after - life / 3);
+        assert_eq!(renewal_due(&cert, Some(2)), cert.not_after - 2 * 86_400);
+        assert!(covers(&cert, "a.example"));
+        assert!(!covers(&cert, "b.example"));
+    }
+
+    #[test]
+    fn wildcard_and_ip_leaves_cover_their_names() {
+        let ca = internal::InternalCa::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let (c, k) = ca.issue("*.example.com").unwrap();
+        let cert = load_pem(c.as_bytes(), k.as_bytes()).unwrap();
+        assert!(covers(&cert, "www.example.com"));
+        assert!(!covers(&cert, "a.b.example.com"));
+        let (c, k) = ca.issue("127.0.0.1").unwrap();
+        assert!(covers(
+            &load_pem(c.as_bytes(), k.as_bytes()).unwrap(),
+            "127.0.0.1"
+        ));
+    }
+}
