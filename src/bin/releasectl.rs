@@ -74,8 +74,13 @@ enum Verb {
     Promote,
     /// Abort the running canary (not in this version).
     Abort,
-    /// Show certificates (not in this version).
-    Certs,
+    /// Show every certificate: host, issuer, validity, days left, next renewal, last error.
+    Certs {
+        /// Renew now (all hosts, or the HOSTs given) instead of waiting for the schedule.
+        #[arg(long)]
+        renew: bool,
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -480,7 +485,48 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 println!("reloaded: {} routes, {} services", r.routes, r.services);
             }
         }
-        Verb::Canary { .. } | Verb::Promote | Verb::Abort | Verb::Certs => {
+        Verb::Certs { renew, hosts } => {
+            if *renew {
+                let body = serde_json::to_value(RenewRequest {
+                    hosts: hosts.clone(),
+                })
+                .unwrap();
+                let v = client
+                    .call(Method::POST, "/v1/certs/renew", Some(body))
+                    .await?;
+                if !out(&v) {
+                    let r: RenewResponse = decode(&v)?;
+                    println!("renewing now: {}", r.hosts.join(", "));
+                }
+                return Ok(());
+            }
+            let v = client.call(Method::GET, "/v1/certs", None).await?;
+            if !out(&v) {
+                let r: CertsResponse = decode(&v)?;
+                let mut rows = vec![vec![
+                    "HOST".to_string(),
+                    "ISSUER".into(),
+                    "NOT BEFORE".into(),
+                    "NOT AFTER".into(),
+                    "DAYS LEFT".into(),
+                    "NEXT RENEWAL".into(),
+                    "LAST ERROR".into(),
+                ]];
+                for c in r.certs {
+                    rows.push(vec![
+                        c.host,
+                        c.issuer,
+                        dash(c.not_before),
+                        dash(c.not_after),
+                        dash(c.days_left),
+                        dash(c.next_renewal),
+                        dash(c.last_error),
+                    ]);
+                }
+                print_table(&rows);
+            }
+        }
+        Verb::Canary { .. } | Verb::Promote | Verb::Abort => {
             return Err(Failure::new(
                 2,
                 "this verb is not available in this version of switchyard",
