@@ -160,6 +160,9 @@ impl AdminApp {
             ("GET", ["status"]) => ok(&c.status()),
             ("POST", ["switch"]) => ok(&c.switch(parse(body)?).await?),
             ("POST", ["rollback"]) => ok(&c.rollback(parse(body)?).await?),
+            ("POST", ["canary"]) => ok(&c.canary(parse(body)?).await?),
+            ("POST", ["canary", "promote"]) => ok(&c.promote(parse(body)?).await?),
+            ("POST", ["canary", "abort"]) => ok(&c.abort(parse(body)?).await?),
             ("POST", ["smoke"]) => ok(&c.smoke(parse(body)?).await?),
             ("PUT", ["services", service, "backends", color]) => {
                 ok(&c.set_backends(service, color, parse(body)?).await?)

@@ -30,6 +30,25 @@ pub struct RollbackRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryRequest {
+    pub color: Color,
+    /// Rising weights, e.g. [5, 25, 50, 100].
+    pub steps: Vec<u8>,
+    pub interval_s: u64,
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub skip_smoke: bool,
+}
+
+/// Body of promote and abort: the services (default: every running canary).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServicesRequest {
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SmokeRequest {
     pub color: Color,
     #[serde(default)]

@@ -22,6 +22,7 @@ pub mod release;
 pub mod routing;
 pub mod server;
 pub mod shared;
+pub mod slo;
 pub mod smoke;
 pub mod snapshot;
 pub mod store;

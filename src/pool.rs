@@ -77,6 +77,8 @@ pub struct PoolLoad {
     /// Unix ms after which upgraded connections still open on this color are closed; 0 while
     /// the color is serving. Set when traffic moves away (now + `drain_timeout_s`).
     pub drain_deadline_ms: AtomicU64,
+    /// Sliding-window figures for the SLO watch.
+    pub slo: crate::slo::SloStats,
 }
 
 impl PoolLoad {

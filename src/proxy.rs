@@ -102,6 +102,23 @@ fn request_host(req: &RequestHeader) -> &str {
     req.uri.authority().map_or("", |a| a.as_str())
 }
 
+/// A stable number in 0..100 for the client's address: with `sticky`, a client whose roll is
+/// below the canary weight stays on the canary as the weight grows.
+fn client_roll(session: &Session) -> u8 {
+    let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) else {
+        return 0;
+    };
+    let x = match addr.ip() {
+        std::net::IpAddr::V4(v4) => u32::from(v4) as u64,
+        std::net::IpAddr::V6(v6) => {
+            let b = v6.octets();
+            u64::from_be_bytes(b[..8].try_into().unwrap()) ^ u64::from_be_bytes(b[8..].try_into().unwrap())
+        }
+    };
+    // Fibonacci hashing spreads neighbouring addresses over the range.
+    ((x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100) as u8
+}
+
 fn new_request_id() -> HeaderValue {
     let id: u128 = rand::random();
     let mut buf = [0u8; 32];
@@ -250,12 +267,8 @@ impl ProxyHttp for EdgeProxy {
                 return Ok(true);
             }
         }
-        let pool = service.active_pool();
-        ctx.pool = service
-            .pools
-            .iter()
-            .position(|p| Arc::ptr_eq(p, pool))
-            .unwrap_or(0);
+        ctx.pool = service.pick_pool(|| client_roll(session));
+        let pool = &service.pools[ctx.pool];
         pool.load.inflight.fetch_add(1, Ordering::Relaxed);
         ctx._inflight = Some(InflightGuard(pool.load.clone()));
         ctx.service = Some(service.clone());
@@ -426,7 +439,10 @@ impl ProxyHttp for EdgeProxy {
             .map_or(499, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
         match ctx.pool() {
-            Some(pool) => pool.metrics.record(status, elapsed.as_secs_f64()),
+            Some(pool) => {
+                pool.metrics.record(status, elapsed.as_secs_f64());
+                pool.load.slo.record(status, elapsed.as_millis() as u64);
+            }
             None => metrics::global()
                 .unrouted()
                 .record(status, elapsed.as_secs_f64()),

@@ -50,6 +50,19 @@ pub enum Command {
     Switch { services: Vec<String>, to: Color },
     /// Return each service to its previous color.
     Rollback { services: Vec<String> },
+    /// Send `steps[0]` percent of requests to `color`; the rest of `steps` follow.
+    StartCanary {
+        services: Vec<String>,
+        color: Color,
+        steps: Vec<u8>,
+        interval_s: u64,
+    },
+    /// Move each running canary to its next step.
+    NextStep { services: Vec<String> },
+    /// Make each running canary's color active.
+    Promote { services: Vec<String> },
+    /// Drop each running canary (weight 0); the active color stays.
+    Abort { services: Vec<String> },
 }
 
 /// What a command changed, for history and the answer.
@@ -66,6 +79,12 @@ pub enum Refusal {
     NothingToRollBack { service: String },
     /// A switch or rollback while a canary runs: promote or abort it first.
     CanaryRunning { service: String },
+    /// Promote, abort or step without a canary.
+    NoCanary { service: String },
+    /// A canary of the color that is already active.
+    AlreadyActive { service: String, color: Color },
+    /// Steps must rise, each within 1–100.
+    BadSteps(String),
 }
 
 impl std::fmt::Display for Refusal {
@@ -81,6 +100,11 @@ impl std::fmt::Display for Refusal {
                 f,
                 "a canary is running on `{service}`: promote or abort it first"
             ),
+            Refusal::NoCanary { service } => write!(f, "no canary is running on `{service}`"),
+            Refusal::AlreadyActive { service, color } => {
+                write!(f, "{color} is already the active color of `{service}`")
+            }
+            Refusal::BadSteps(m) => write!(f, "steps: {m}"),
         }
     }
 }
@@ -147,9 +171,112 @@ impl ReleaseState {
                     );
                 }
             }
+            Command::StartCanary {
+                services,
+                color,
+                steps,
+                interval_s,
+            } => {
+                check_steps(steps)?;
+                for s in services {
+                    let cur = self.get(s);
+                    if cur.canary.is_some() {
+                        return Err(Refusal::CanaryRunning { service: s.clone() });
+                    }
+                    if cur.active == *color {
+                        return Err(Refusal::AlreadyActive {
+                            service: s.clone(),
+                            color: *color,
+                        });
+                    }
+                    next.services.insert(
+                        s.clone(),
+                        ServiceRelease {
+                            canary: Some(Canary {
+                                color: *color,
+                                weight: steps[0],
+                                steps: steps[1..].to_vec(),
+                                interval_s: *interval_s,
+                            }),
+                            ..cur
+                        },
+                    );
+                }
+            }
+            Command::NextStep { services } => {
+                for s in services {
+                    let mut cur = self.get(s);
+                    let Some(c) = cur.canary.as_mut() else {
+                        return Err(Refusal::NoCanary { service: s.clone() });
+                    };
+                    if c.steps.is_empty() {
+                        return Err(Refusal::BadSteps(format!("`{s}` has no step left: promote")));
+                    }
+                    c.weight = c.steps.remove(0);
+                    next.services.insert(s.clone(), cur);
+                }
+            }
+            Command::Promote { services } => {
+                for s in services {
+                    let cur = self.get(s);
+                    let Some(c) = &cur.canary else {
+                        return Err(Refusal::NoCanary { service: s.clone() });
+                    };
+                    changes.push(Change {
+                        service: s.clone(),
+                        from: cur.active,
+                        to: c.color,
+                    });
+                    next.services.insert(
+                        s.clone(),
+                        ServiceRelease {
+                            active: c.color,
+                            previous: Some(cur.active),
+                            canary: None,
+                        },
+                    );
+                }
+            }
+            Command::Abort { services } => {
+                for s in services {
+                    let cur = self.get(s);
+                    if cur.canary.is_none() {
+                        return Err(Refusal::NoCanary { service: s.clone() });
+                    }
+                    next.services.insert(
+                        s.clone(),
+                        ServiceRelease {
+                            canary: None,
+                            ..cur
+                        },
+                    );
+                }
+            }
         }
         Ok((next, changes))
     }
+
+    /// The services with a canary running.
+    pub fn canaries(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter(|(_, r)| r.canary.is_some())
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+}
+
+fn check_steps(steps: &[u8]) -> Result<(), Refusal> {
+    if steps.is_empty() {
+        return Err(Refusal::BadSteps("give at least one step".into()));
+    }
+    if steps.iter().any(|w| *w == 0 || *w > 100) {
+        return Err(Refusal::BadSteps("each step is a weight from 1 to 100".into()));
+    }
+    if steps.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Refusal::BadSteps("weights must rise (5,25,50,100)".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -249,6 +376,58 @@ mod tests {
                 service: "web".into()
             }
         );
+    }
+
+    #[test]
+    fn canary_steps_then_promotes() {
+        let s = ReleaseState::default();
+        let (s, _) = s
+            .apply(&Command::StartCanary {
+                services: names(&["api"]),
+                color: Color::Green,
+                steps: vec![5, 50, 100],
+                interval_s: 30,
+            })
+            .unwrap();
+        let c = s.get("api").canary.unwrap();
+        assert_eq!((c.weight, c.steps.clone()), (5, vec![50, 100]));
+        assert_eq!(s.get("api").active, Color::Blue);
+        let (s, _) = s.apply(&Command::NextStep { services: names(&["api"]) }).unwrap();
+        assert_eq!(s.get("api").canary.unwrap().weight, 50);
+        let (s, changes) = s.apply(&Command::Promote { services: names(&["api"]) }).unwrap();
+        assert_eq!(changes[0].to, Color::Green);
+        assert_eq!(s.get("api").active, Color::Green);
+        assert_eq!(s.get("api").previous, Some(Color::Blue));
+        assert!(s.get("api").canary.is_none());
+    }
+
+    #[test]
+    fn canary_abort_keeps_active_and_bad_steps_are_refused() {
+        let s = ReleaseState::default();
+        let start = |steps: Vec<u8>| Command::StartCanary {
+            services: names(&["api"]),
+            color: Color::Green,
+            steps,
+            interval_s: 1,
+        };
+        assert!(matches!(s.apply(&start(vec![50, 25])), Err(Refusal::BadSteps(_))));
+        assert!(matches!(s.apply(&start(vec![0, 100])), Err(Refusal::BadSteps(_))));
+        assert!(matches!(s.apply(&start(vec![])), Err(Refusal::BadSteps(_))));
+        let blue = Command::StartCanary {
+            services: names(&["api"]),
+            color: Color::Blue,
+            steps: vec![10],
+            interval_s: 1,
+        };
+        assert!(matches!(s.apply(&blue), Err(Refusal::AlreadyActive { .. })));
+        let (s, _) = s.apply(&start(vec![10, 100])).unwrap();
+        let (s, _) = s.apply(&Command::Abort { services: names(&["api"]) }).unwrap();
+        assert_eq!(s.get("api").active, Color::Blue);
+        assert!(s.get("api").canary.is_none());
+        assert!(matches!(
+            s.apply(&Command::Promote { services: names(&["api"]) }),
+            Err(Refusal::NoCanary { .. })
+        ));
     }
 
     #[test]

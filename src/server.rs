@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::admin::AdminApp;
 use crate::color::Color;
 use crate::config::{Config, Pools};
-use crate::controller::Controller;
+use crate::controller::{Controller, WatchService};
 use crate::demo::DemoBackend;
 use crate::health::HealthChecker;
 use crate::proxy::EdgeProxy;
@@ -124,6 +124,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     admin.threads = Some(1);
     services.push(Box::new(admin));
 
+    services.push(Box::new(background_service(
+        "release watch",
+        WatchService(controller.clone()),
+    )));
     let health = background_service(
         "health checks",
         HealthChecker {

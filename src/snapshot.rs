@@ -36,6 +36,28 @@ impl ServiceRuntime {
         }
     }
 
+    /// The index in `pools` of the color this request goes to: the active one, or the canary
+    /// for its share of requests (by the client's stable roll when `sticky`, else at random).
+    #[inline]
+    pub fn pick_pool(&self, sticky_roll: impl FnOnce() -> u8) -> usize {
+        let Some(r) = &self.release else { return 0 };
+        match &r.canary {
+            Some(c) if c.weight > 0 => {
+                let roll = if self.config.sticky {
+                    sticky_roll()
+                } else {
+                    (rand::random::<u32>() % 100) as u8
+                };
+                if roll < c.weight {
+                    c.color.index()
+                } else {
+                    r.active.index()
+                }
+            }
+            _ => r.active.index(),
+        }
+    }
+
     pub fn pool(&self, color: Color) -> Option<&Arc<Pool>> {
         self.release.as_ref().map(|_| &self.pools[color.index()])
     }
@@ -161,6 +183,13 @@ pub fn build(
                     m.active_color
                         .with_label_values(&[name, c.as_str()])
                         .set((c == release.active) as i64);
+                }
+                // Touch the release counters so `increase()` sees their first event.
+                for result in ["ok", "refused", "failed"] {
+                    m.switches.with_label_values(&[name, result]);
+                }
+                for reason in ["error_rate", "p95", "p99"] {
+                    m.rollbacks.with_label_values(&[name, reason]);
                 }
                 m.canary_weight
                     .with_label_values(&[name])

@@ -739,20 +739,20 @@ impl Validator<'_> {
                 );
             }
             let window_s = r.window_s.as_ref().map_or(30, |v| *v.get_ref());
-            if window_s == 0 || window_s > 3600 {
+            if window_s == 0 || window_s > crate::slo::MAX_WINDOW_S {
                 let at = r.window_s.as_ref().unwrap();
                 self.at(
                     f,
                     at,
                     &format!("{sk}.window_s"),
-                    "must be between 1 and 3600",
+                    format!("must be between 1 and {}", crate::slo::MAX_WINDOW_S),
                 );
             }
             Slo {
                 max_error_rate,
                 max_p95_ms: r.max_p95_ms.as_ref().map(|v| *v.get_ref()),
                 max_p99_ms: r.max_p99_ms.as_ref().map(|v| *v.get_ref()),
-                window_s: window_s.clamp(1, 3600),
+                window_s: window_s.clamp(1, crate::slo::MAX_WINDOW_S),
                 min_requests: r.min_requests.as_ref().map_or(20, |v| *v.get_ref()),
                 watch_s: r.watch_s.as_ref().map_or(300, |v| *v.get_ref()),
             }

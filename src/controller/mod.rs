@@ -15,6 +15,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde_json::json;
 
+mod watch;
+
+pub use watch::{evaluate, Breach, WatchService};
+use watch::{Watch, WatchKind};
+
 use crate::api::*;
 use crate::color::Color;
 use crate::config::{resolve_addr, Config};
@@ -48,6 +53,8 @@ impl ApiError {
 struct Inner {
     config: Arc<Config>,
     state: PersistedState,
+    /// Releases under SLO watch and running canaries.
+    watches: Vec<Watch>,
 }
 
 pub struct Controller {
@@ -57,6 +64,8 @@ pub struct Controller {
     store: Box<dyn StateStore>,
     inner: tokio::sync::Mutex<Inner>,
     client: reqwest::Client,
+    /// service → an alarm the controller raised and could not act on (shown in status).
+    alarms: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 fn parse_overrides(state: &PersistedState) -> Result<Overrides, String> {
@@ -103,17 +112,38 @@ impl Controller {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("HTTP client")?;
+        let mut watches = Vec::new();
         for (name, r) in &state.releases.services {
             if config.service(name).is_some_and(|s| s.releasable()) {
                 tracing::info!(service = %name, active = %r.active, "release state restored");
+            }
+            // A canary interrupted by a restart resumes where it stood: same weight, a fresh
+            // interval and an empty SLO window (the figures lived in memory).
+            if let Some(c) = &r.canary {
+                tracing::info!(service = %name, color = %c.color, weight = c.weight, "resuming the canary");
+                let now = crate::slo::now_s();
+                watches.push(Watch {
+                    services: vec![name.clone()],
+                    color: c.color,
+                    since: now,
+                    kind: WatchKind::Canary {
+                        next_step_at: now + c.interval_s,
+                        interval_s: c.interval_s,
+                    },
+                });
             }
         }
         Ok(Arc::new(Controller {
             shared,
             certs: std::sync::OnceLock::new(),
             store: Box::new(store),
-            inner: tokio::sync::Mutex::new(Inner { config, state }),
+            inner: tokio::sync::Mutex::new(Inner {
+                config,
+                state,
+                watches,
+            }),
             client,
+            alarms: std::sync::Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -203,7 +233,13 @@ impl Controller {
     }
 
     pub fn status(&self) -> StatusResponse {
-        status_of(&self.shared.snapshot.load())
+        let mut st = status_of(&self.shared.snapshot.load());
+        for (service, alarm) in self.alarms.lock().unwrap().iter() {
+            if let Some(s) = st.services.get_mut(service) {
+                s.alarm = Some(alarm.clone());
+            }
+        }
+        st
     }
 
     /// Smoke checks of `color` for `services` against the current snapshot's backends, plus
@@ -358,7 +394,7 @@ impl Controller {
         action: &str,
         detail: serde_json::Value,
     ) -> Result<(), ApiError> {
-        if changes.is_empty() {
+        if next == inner.state.releases {
             return Ok(());
         }
         let mut state = inner.state.clone();
@@ -400,14 +436,150 @@ impl Controller {
             tracing::info!(service = %c.service, from = %c.from, to = %c.to, action, "traffic moved");
         }
         let mut detail = detail;
-        detail["changes"] = json!(changes);
-        self.history_event(HistoryEvent::now(
-            action,
-            changes.iter().map(|c| c.service.clone()).collect(),
-            "ok",
-            detail,
-        ));
+        if !changes.is_empty() {
+            detail["changes"] = json!(changes);
+        }
+        let services = match detail.get("services").and_then(|v| v.as_array()) {
+            Some(list) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            None => changes.iter().map(|c| c.service.clone()).collect(),
+        };
+        self.history_event(HistoryEvent::now(action, services, "ok", detail));
         Ok(())
+    }
+
+    /// Applies a command to the release state and commits it (persist, then publish).
+    fn apply_and_commit(
+        &self,
+        inner: &mut Inner,
+        cmd: &Command,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<Vec<Change>, ApiError> {
+        let (next, changes) = inner
+            .state
+            .releases
+            .apply(cmd)
+            .map_err(|r| ApiError::new(409, r.to_string()))?;
+        let mut detail = detail;
+        let services = match cmd {
+            Command::Switch { services, .. }
+            | Command::Rollback { services }
+            | Command::StartCanary { services, .. }
+            | Command::NextStep { services }
+            | Command::Promote { services }
+            | Command::Abort { services } => services.clone(),
+        };
+        detail["services"] = json!(services);
+        self.commit(inner, next, &changes, action, detail)?;
+        Ok(changes)
+    }
+
+    /// The services a canary verb acts on: the named ones, or every one with a canary.
+    fn canary_targets(inner: &Inner, requested: &[String]) -> Result<Vec<String>, ApiError> {
+        if requested.is_empty() {
+            let running = inner.state.releases.canaries();
+            if running.is_empty() {
+                return Err(ApiError::new(409, "no canary is running"));
+            }
+            return Ok(running);
+        }
+        Self::targets(&inner.config, requested)
+    }
+
+    pub async fn canary(&self, req: CanaryRequest) -> Result<ReleaseResponse, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let services = Self::targets(&inner.config, &req.services)?;
+        let cmd = Command::StartCanary {
+            services: services.clone(),
+            color: req.color,
+            steps: req.steps.clone(),
+            interval_s: req.interval_s.max(1),
+        };
+        // Refusals (a canary running, the color already active, bad steps) before smoke.
+        inner
+            .state
+            .releases
+            .apply(&cmd)
+            .map_err(|r| ApiError::new(409, r.to_string()))?;
+        let smoke = if req.skip_smoke {
+            Vec::new()
+        } else {
+            self.run_smoke(&services, req.color).await
+        };
+        let failures: Vec<SmokeResult> = smoke.iter().filter(|r| !r.ok).cloned().collect();
+        if !failures.is_empty() {
+            self.history_event(HistoryEvent::now(
+                "canary",
+                services,
+                "refused",
+                json!({ "color": req.color, "failures": failures }),
+            ));
+            return Err(ApiError {
+                status: 409,
+                body: ErrorBody {
+                    error: format!("{} smoke check(s) failed on {}: no canary started", failures.len(), req.color),
+                    failures,
+                    ..Default::default()
+                },
+            });
+        }
+        self.apply_and_commit(
+            &mut inner,
+            &cmd,
+            "canary",
+            json!({ "color": req.color, "weight": req.steps.first(), "steps": req.steps, "interval_s": req.interval_s }),
+        )?;
+        let now = crate::slo::now_s();
+        Self::watch(
+            &mut inner,
+            Watch {
+                services: services.clone(),
+                color: req.color,
+                since: now,
+                kind: WatchKind::Canary {
+                    next_step_at: now + req.interval_s.max(1),
+                    interval_s: req.interval_s.max(1),
+                },
+            },
+        );
+        drop(inner);
+        Ok(ReleaseResponse {
+            changed: Vec::new(),
+            smoke,
+            drain: None,
+            status: self.status(),
+        })
+    }
+
+    pub async fn promote(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let services = Self::canary_targets(&inner, &req.services)?;
+        let color = inner.state.releases.get(&services[0]).canary.map(|c| c.color);
+        let changes = self.apply_and_commit(&mut inner, &Command::Promote { services: services.clone() }, "promote", json!({ "by": "operator" }))?;
+        if let Some(color) = color {
+            self.watch_after_switch(&mut inner, &services, color);
+        }
+        drop(inner);
+        Ok(ReleaseResponse {
+            changed: changes,
+            smoke: Vec::new(),
+            drain: None,
+            status: self.status(),
+        })
+    }
+
+    pub async fn abort(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let services = Self::canary_targets(&inner, &req.services)?;
+        self.apply_and_commit(&mut inner, &Command::Abort { services: services.clone() }, "abort", json!({ "by": "operator" }))?;
+        Self::unwatch(&mut inner, &services);
+        drop(inner);
+        Ok(ReleaseResponse {
+            changed: Vec::new(),
+            smoke: Vec::new(),
+            drain: None,
+            status: self.status(),
+        })
     }
 
     /// Waits until the colors traffic left have nothing in flight, or the longest drain

@@ -1,0 +1,354 @@
+//! The SLO watch and the canary driver: once every [`TICK`], the figures of each watched
+//! color are read from its lock-free ring (see `slo`) and judged against the service's SLO.
+//! A breach rolls the whole release back (or drops the canary to 0); a canary that holds
+//! advances a step per interval and promotes at the end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde_json::json;
+
+use super::{Controller, Inner};
+use crate::color::Color;
+use crate::config::Slo;
+use crate::metrics;
+use crate::release::Command;
+use crate::slo::{now_s, Figures};
+use crate::store::HistoryEvent;
+
+/// How often the watch looks: finer than the SPEC's "every second", so a breach is acted on
+/// within a quarter second of being visible in the window.
+pub const TICK: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchKind {
+    /// After a switch or promote: watch the new color until `until`.
+    Switch { until: u64 },
+    /// During a canary: step at `next_step_at`.
+    Canary { next_step_at: u64, interval_s: u64 },
+}
+
+/// One release under watch: the services that moved together, and the color they moved to.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub services: Vec<String>,
+    pub color: Color,
+    /// Only requests from this second on count (per `slo::now_s`).
+    pub since: u64,
+    pub kind: WatchKind,
+}
+
+/// Why the SLO was breached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breach {
+    /// error_rate, p95 or p99: the `reason` label of switchyard_rollbacks_total.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// Judges figures against an SLO; nothing is judged below `min_requests`.
+pub fn evaluate(f: &Figures, slo: &Slo) -> Option<Breach> {
+    if f.requests < slo.min_requests.max(1) {
+        return None;
+    }
+    if f.error_rate > slo.max_error_rate {
+        return Some(Breach {
+            reason: "error_rate",
+            detail: format!(
+                "error rate {:.1} % > {:.1} % ({} of {} requests)",
+                f.error_rate * 100.0,
+                slo.max_error_rate * 100.0,
+                f.errors,
+                f.requests
+            ),
+        });
+    }
+    if let Some(max) = slo.max_p95_ms {
+        if f.p95_ms > max {
+            return Some(Breach {
+                reason: "p95",
+                detail: format!("p95 {} ms > {max} ms over {} requests", f.p95_ms, f.requests),
+            });
+        }
+    }
+    if let Some(max) = slo.max_p99_ms {
+        if f.p99_ms > max {
+            return Some(Breach {
+                reason: "p99",
+                detail: format!("p99 {} ms > {max} ms over {} requests", f.p99_ms, f.requests),
+            });
+        }
+    }
+    None
+}
+
+impl Controller {
+    /// The figures of `color` of `service` since `since`, over the service's window.
+    pub fn figures(&self, service: &str, color: Color, since: u64) -> Option<(Figures, Slo)> {
+        let snap = self.shared.snapshot.load();
+        let svc = snap.service(service)?;
+        let slo = svc.config.slo.clone()?;
+        let pool = svc.pool(color)?;
+        Some((pool.load.slo.figures(now_s(), slo.window_s, since), slo))
+    }
+
+    /// Registers a watch, replacing any that covers the same services.
+    pub(super) fn watch(inner: &mut Inner, w: Watch) {
+        inner
+            .watches
+            .retain(|old| !old.services.iter().any(|s| w.services.contains(s)));
+        if !w.services.is_empty() {
+            inner.watches.push(w);
+        }
+    }
+
+    pub(super) fn unwatch(inner: &mut Inner, services: &[String]) {
+        for w in &mut inner.watches {
+            w.services.retain(|s| !services.contains(s));
+        }
+        inner.watches.retain(|w| !w.services.is_empty());
+    }
+
+    /// One look at every watch.
+    pub async fn tick(&self) {
+        let mut inner = self.inner.lock().await;
+        let now = now_s();
+        let watches = inner.watches.clone();
+        for w in watches {
+            // Judge every service of the release; the first breach acts for all of them.
+            let breach = w.services.iter().find_map(|s| {
+                let (f, slo) = self.figures(s, w.color, w.since)?;
+                evaluate(&f, &slo).map(|b| (s.clone(), b, f))
+            });
+            match (&w.kind, breach) {
+                (_, Some((service, breach, figures))) => {
+                    self.on_breach(&mut inner, &w, &service, &breach, &figures);
+                }
+                (WatchKind::Switch { until }, None) => {
+                    if now >= *until {
+                        Self::unwatch(&mut inner, &w.services);
+                    }
+                }
+                (WatchKind::Canary { next_step_at, interval_s }, None) => {
+                    if now >= *next_step_at {
+                        self.advance_canary(&mut inner, &w, *interval_s);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_breach(&self, inner: &mut Inner, w: &Watch, service: &str, breach: &Breach, f: &Figures) {
+        let detail = json!({
+            "breached": service,
+            "color": w.color,
+            "reason": breach.reason,
+            "detail": breach.detail,
+            "figures": f,
+        });
+        match w.kind {
+            WatchKind::Canary { .. } => {
+                tracing::error!(%service, color = %w.color, "SLO breached during the canary: {}; dropping the canary to 0", breach.detail);
+                let cmd = Command::Abort {
+                    services: w.services.clone(),
+                };
+                if self.apply_and_commit(inner, &cmd, "rollback", detail).is_ok() {
+                    for s in &w.services {
+                        metrics::global()
+                            .rollbacks
+                            .with_label_values(&[s, breach.reason])
+                            .inc();
+                    }
+                }
+                Self::unwatch(inner, &w.services);
+            }
+            WatchKind::Switch { .. } => {
+                // Never roll back into a pool that has no healthy backend.
+                let snap = self.shared.snapshot.load();
+                let dead: Vec<String> = w
+                    .services
+                    .iter()
+                    .filter(|s| {
+                        let prev = inner.state.releases.get(s).previous;
+                        let svc = snap.service(s);
+                        match (svc, prev) {
+                            (Some(svc), Some(prev)) => {
+                                svc.config.health_check.is_some()
+                                    && svc.pool(prev).is_some_and(|p| p.healthy_count() == 0)
+                            }
+                            _ => false,
+                        }
+                    })
+                    .cloned()
+                    .collect();
+                if !dead.is_empty() {
+                    let msg = format!(
+                        "SLO breached on {service} ({}) but the previous color of {} has no healthy backend: keeping {}",
+                        breach.detail,
+                        dead.join(", "),
+                        w.color
+                    );
+                    tracing::error!("{msg}");
+                    let mut alarms = self.alarms.lock().unwrap();
+                    for s in &w.services {
+                        alarms.insert(s.clone(), msg.clone());
+                        metrics::global()
+                            .rollbacks
+                            .with_label_values(&[s, "refused_no_healthy_backend"])
+                            .inc();
+                    }
+                    drop(alarms);
+                    let mut d = detail;
+                    d["dead_pools"] = json!(dead);
+                    self.history_event(HistoryEvent::now("alarm", w.services.clone(), "kept", d));
+                    Self::unwatch(inner, &w.services);
+                    return;
+                }
+                tracing::error!(%service, color = %w.color, "SLO breached after the switch: {}; rolling back", breach.detail);
+                let cmd = Command::Rollback {
+                    services: w.services.clone(),
+                };
+                if self.apply_and_commit(inner, &cmd, "rollback", detail).is_ok() {
+                    for s in &w.services {
+                        metrics::global()
+                            .rollbacks
+                            .with_label_values(&[s, breach.reason])
+                            .inc();
+                    }
+                }
+                Self::unwatch(inner, &w.services);
+            }
+        }
+    }
+
+    fn advance_canary(&self, inner: &mut Inner, w: &Watch, interval_s: u64) {
+        let left = w
+            .services
+            .iter()
+            .map(|s| inner.state.releases.get(s).canary.map_or(0, |c| c.steps.len()))
+            .min()
+            .unwrap_or(0);
+        let next_weight = w
+            .services
+            .first()
+            .and_then(|s| inner.state.releases.get(s).canary)
+            .and_then(|c| c.steps.first().copied());
+        if left == 0 || next_weight == Some(100) {
+            // The last step held (or the next one is all traffic): promote.
+            let cmd = Command::Promote {
+                services: w.services.clone(),
+            };
+            if self
+                .apply_and_commit(inner, &cmd, "promote", json!({ "color": w.color, "by": "canary" }))
+                .is_ok()
+            {
+                self.watch_after_switch(inner, &w.services, w.color);
+            }
+            return;
+        }
+        let cmd = Command::NextStep {
+            services: w.services.clone(),
+        };
+        let weight = next_weight.unwrap_or(0);
+        if self
+            .apply_and_commit(inner, &cmd, "canary", json!({ "color": w.color, "weight": weight }))
+            .is_ok()
+        {
+            tracing::info!(services = ?w.services, color = %w.color, weight, "canary step");
+            let mut nw = w.clone();
+            nw.kind = WatchKind::Canary {
+                next_step_at: now_s() + interval_s,
+                interval_s,
+            };
+            Self::watch(inner, nw);
+        }
+    }
+
+    /// Starts the post-switch watch for the services that have an SLO.
+    pub(super) fn watch_after_switch(&self, inner: &mut Inner, services: &[String], color: Color) {
+        let config = inner.config.clone();
+        let with_slo: Vec<String> = services
+            .iter()
+            .filter(|s| config.service(s).is_some_and(|c| c.slo.is_some()))
+            .cloned()
+            .collect();
+        let watch_s = with_slo
+            .iter()
+            .filter_map(|s| config.service(s)?.slo.as_ref().map(|x| x.watch_s))
+            .max()
+            .unwrap_or(0);
+        let now = now_s();
+        Self::watch(
+            inner,
+            Watch {
+                services: with_slo,
+                color,
+                since: now,
+                kind: WatchKind::Switch { until: now + watch_s },
+            },
+        );
+    }
+}
+
+/// The watch loop as a pingora background service.
+pub struct WatchService(pub Arc<Controller>);
+
+#[async_trait]
+impl BackgroundService for WatchService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.0.tick().await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slo() -> Slo {
+        Slo {
+            max_error_rate: 0.02,
+            max_p95_ms: Some(300),
+            max_p99_ms: None,
+            window_s: 30,
+            min_requests: 20,
+            watch_s: 300,
+        }
+    }
+
+    fn figs(requests: u64, errors: u64, p95: u64) -> Figures {
+        Figures {
+            requests,
+            errors,
+            error_rate: errors as f64 / requests.max(1) as f64,
+            p50_ms: 5,
+            p95_ms: p95,
+            p99_ms: p95,
+        }
+    }
+
+    #[test]
+    fn below_min_requests_nothing_is_judged() {
+        assert_eq!(evaluate(&figs(19, 19, 5000), &slo()), None);
+    }
+
+    #[test]
+    fn error_rate_and_latency_breaches() {
+        assert_eq!(evaluate(&figs(100, 2, 100), &slo()), None);
+        assert_eq!(evaluate(&figs(100, 3, 100), &slo()).unwrap().reason, "error_rate");
+        assert_eq!(evaluate(&figs(100, 0, 400), &slo()).unwrap().reason, "p95");
+        let mut s = slo();
+        s.max_p95_ms = None;
+        s.max_p99_ms = Some(200);
+        assert_eq!(evaluate(&figs(100, 0, 400), &s).unwrap().reason, "p99");
+    }
+}
