@@ -112,7 +112,8 @@ fn client_roll(session: &Session) -> u8 {
         std::net::IpAddr::V4(v4) => u32::from(v4) as u64,
         std::net::IpAddr::V6(v6) => {
             let b = v6.octets();
-            u64::from_be_bytes(b[..8].try_into().unwrap()) ^ u64::from_be_bytes(b[8..].try_into().unwrap())
+            u64::from_be_bytes(b[..8].try_into().unwrap())
+                ^ u64::from_be_bytes(b[8..].try_into().unwrap())
         }
     };
     // Fibonacci hashing spreads neighbouring addresses over the range.

@@ -210,7 +210,9 @@ impl ReleaseState {
                         return Err(Refusal::NoCanary { service: s.clone() });
                     };
                     if c.steps.is_empty() {
-                        return Err(Refusal::BadSteps(format!("`{s}` has no step left: promote")));
+                        return Err(Refusal::BadSteps(format!(
+                            "`{s}` has no step left: promote"
+                        )));
                     }
                     c.weight = c.steps.remove(0);
                     next.services.insert(s.clone(), cur);
@@ -271,7 +273,9 @@ fn check_steps(steps: &[u8]) -> Result<(), Refusal> {
         return Err(Refusal::BadSteps("give at least one step".into()));
     }
     if steps.iter().any(|w| *w == 0 || *w > 100) {
-        return Err(Refusal::BadSteps("each step is a weight from 1 to 100".into()));
+        return Err(Refusal::BadSteps(
+            "each step is a weight from 1 to 100".into(),
+        ));
     }
     if steps.windows(2).any(|w| w[0] >= w[1]) {
         return Err(Refusal::BadSteps("weights must rise (5,25,50,100)".into()));
@@ -392,9 +396,17 @@ mod tests {
         let c = s.get("api").canary.unwrap();
         assert_eq!((c.weight, c.steps.clone()), (5, vec![50, 100]));
         assert_eq!(s.get("api").active, Color::Blue);
-        let (s, _) = s.apply(&Command::NextStep { services: names(&["api"]) }).unwrap();
+        let (s, _) = s
+            .apply(&Command::NextStep {
+                services: names(&["api"]),
+            })
+            .unwrap();
         assert_eq!(s.get("api").canary.unwrap().weight, 50);
-        let (s, changes) = s.apply(&Command::Promote { services: names(&["api"]) }).unwrap();
+        let (s, changes) = s
+            .apply(&Command::Promote {
+                services: names(&["api"]),
+            })
+            .unwrap();
         assert_eq!(changes[0].to, Color::Green);
         assert_eq!(s.get("api").active, Color::Green);
         assert_eq!(s.get("api").previous, Some(Color::Blue));
@@ -410,8 +422,14 @@ mod tests {
             steps,
             interval_s: 1,
         };
-        assert!(matches!(s.apply(&start(vec![50, 25])), Err(Refusal::BadSteps(_))));
-        assert!(matches!(s.apply(&start(vec![0, 100])), Err(Refusal::BadSteps(_))));
+        assert!(matches!(
+            s.apply(&start(vec![50, 25])),
+            Err(Refusal::BadSteps(_))
+        ));
+        assert!(matches!(
+            s.apply(&start(vec![0, 100])),
+            Err(Refusal::BadSteps(_))
+        ));
         assert!(matches!(s.apply(&start(vec![])), Err(Refusal::BadSteps(_))));
         let blue = Command::StartCanary {
             services: names(&["api"]),
@@ -421,11 +439,17 @@ mod tests {
         };
         assert!(matches!(s.apply(&blue), Err(Refusal::AlreadyActive { .. })));
         let (s, _) = s.apply(&start(vec![10, 100])).unwrap();
-        let (s, _) = s.apply(&Command::Abort { services: names(&["api"]) }).unwrap();
+        let (s, _) = s
+            .apply(&Command::Abort {
+                services: names(&["api"]),
+            })
+            .unwrap();
         assert_eq!(s.get("api").active, Color::Blue);
         assert!(s.get("api").canary.is_none());
         assert!(matches!(
-            s.apply(&Command::Promote { services: names(&["api"]) }),
+            s.apply(&Command::Promote {
+                services: names(&["api"])
+            }),
             Err(Refusal::NoCanary { .. })
         ));
     }

@@ -15,8 +15,8 @@ const RING: usize = MAX_WINDOW_S as usize + 2;
 
 /// Upper bounds (ms) of the latency bins; the last bin is open-ended.
 const BOUNDS_MS: [u64; 27] = [
-    1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000,
-    1500, 2000, 3000, 5000, 10_000, 30_000,
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 250, 300, 400, 500, 750, 1000, 1500,
+    2000, 3000, 5000, 10_000, 30_000,
 ];
 const BINS: usize = BOUNDS_MS.len() + 1;
 
@@ -69,7 +69,10 @@ pub struct Figures {
 }
 
 fn bin(ms: u64) -> usize {
-    BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(BOUNDS_MS.len())
+    BOUNDS_MS
+        .iter()
+        .position(|b| ms <= *b)
+        .unwrap_or(BOUNDS_MS.len())
 }
 
 /// An error for the SLO: a 5xx from the backend, or the proxy's own 502/504.
@@ -89,8 +92,7 @@ impl SloStats {
         if seen != second {
             // First request of a new second in this slot: claim and clear it. A racing
             // writer may lose a count at the boundary; the figures are statistics.
-            if b
-                .second
+            if b.second
                 .compare_exchange(seen, second, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {

@@ -58,22 +58,19 @@ enum Verb {
     },
     /// Re-read the config; an invalid config is refused and the old one keeps serving.
     Reload,
-    /// Start a weighted canary (not in this version).
-    Canary {
-        color: Color,
-        #[arg(long)]
-        steps: Option<String>,
-        #[arg(long)]
-        interval: Option<String>,
+    /// Send a rising share of requests to COLOR, a step per interval while the SLO holds;
+    /// promote at the end, drop to 0 on a breach. Follows progress until then.
+    Canary(CanaryArgs),
+    /// Make the running canary's color active now.
+    Promote {
         #[arg(long = "service")]
         services: Vec<String>,
-        #[arg(long)]
-        detach: bool,
     },
-    /// Promote the running canary (not in this version).
-    Promote,
-    /// Abort the running canary (not in this version).
-    Abort,
+    /// Drop the running canary to 0; the active color stays.
+    Abort {
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
     /// Show every certificate: host, issuer, validity, days left, next renewal, last error.
     Certs {
         /// Renew now (all hosts, or the HOSTs given) instead of waiting for the schedule.
@@ -96,6 +93,43 @@ struct SwitchArgs {
     /// Return only when the old color has no request in flight (or its drain timeout passed).
     #[arg(long)]
     wait_drain: bool,
+}
+
+#[derive(Args)]
+struct CanaryArgs {
+    color: Color,
+    /// Rising weights in percent.
+    #[arg(long, default_value = "5,25,50,100", value_delimiter = ',')]
+    steps: Vec<u8>,
+    /// Time per step: 30s, 2m, 1h (a bare number is seconds).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    interval: u64,
+    #[arg(long = "service")]
+    services: Vec<String>,
+    #[arg(long)]
+    skip_smoke: bool,
+    /// Return once the canary started instead of following it.
+    #[arg(long)]
+    detach: bool,
+}
+
+fn parse_interval(s: &str) -> Result<u64, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected e.g. 30s, 2m, 1h"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("`{s}`: unit must be s, m or h")),
+    };
+    if n == 0 {
+        return Err("the interval must be at least 1s".into());
+    }
+    Ok(n * mult)
 }
 
 #[derive(Args)]
@@ -336,6 +370,106 @@ fn print_release(r: &ReleaseResponse, verb: &str) {
     }
 }
 
+/// Polls status until every canary of `services` ended; exit 0 if `color` was promoted,
+/// 1 if the canary was dropped (an SLO breach or an abort).
+async fn follow_canary(
+    client: &Client,
+    services: &[String],
+    color: Color,
+    json: bool,
+) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(100);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:40.green/blue}] {pos:>3}% {msg}",
+            )
+            .unwrap()
+            .progress_chars("=> "),
+        );
+        b.set_prefix(format!("canary {color}"));
+        b
+    });
+    let mut last_weight: Option<u8> = None;
+    let started = std::time::Instant::now();
+    loop {
+        let v = client
+            .call(reqwest::Method::GET, "/v1/status", None)
+            .await?;
+        let st: StatusResponse = decode(&v)?;
+        let mut running = false;
+        let mut weight = 100u8;
+        for s in services {
+            if let Some(c) = st.services.get(s).and_then(|s| s.canary.as_ref()) {
+                running = true;
+                weight = weight.min(c.weight);
+            }
+        }
+        if running {
+            if last_weight != Some(weight) {
+                last_weight = Some(weight);
+                match &bar {
+                    Some(b) => b.set_position(weight as u64),
+                    None if !json => {
+                        println!("{:>5}s  {color} at {weight}%", started.elapsed().as_secs())
+                    }
+                    None => {}
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
+        }
+        let promoted = services
+            .iter()
+            .all(|s| st.services.get(s).and_then(|s| s.active) == Some(color));
+        if let Some(b) = &bar {
+            if promoted {
+                b.set_position(100);
+            }
+            b.finish_with_message(if promoted { "promoted" } else { "rolled back" });
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        if promoted {
+            if !json {
+                println!(
+                    "{color} promoted on {} after {}s",
+                    services.join(", "),
+                    started.elapsed().as_secs()
+                );
+            }
+            return Ok(());
+        }
+        // Say why, from history.
+        let h = client
+            .call(reqwest::Method::GET, "/v1/history?limit=20", None)
+            .await
+            .ok()
+            .and_then(|v| serde_json::from_value::<HistoryResponse>(v).ok());
+        let why = h
+            .and_then(|h| {
+                h.events
+                    .into_iter()
+                    .rev()
+                    .find(|e| e.action == "rollback" || e.action == "abort")
+            })
+            .map(|e| {
+                e.detail
+                    .get("detail")
+                    .and_then(|d| d.as_str())
+                    .map(str::to_string)
+                    .unwrap_or(e.action)
+            })
+            .unwrap_or_else(|| "the canary ended".into());
+        return Err(Failure::new(
+            1,
+            format!("canary of {color} rolled back: {why}"),
+        ));
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, Failure> {
     serde_json::from_value(v.clone())
         .map_err(|e| Failure::new(1, format!("unexpected answer from the admin API: {e}")))
@@ -526,11 +660,63 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 print_table(&rows);
             }
         }
-        Verb::Canary { .. } | Verb::Promote | Verb::Abort => {
-            return Err(Failure::new(
-                2,
-                "this verb is not available in this version of switchyard",
-            ));
+        Verb::Canary(a) => {
+            let req = CanaryRequest {
+                color: a.color,
+                steps: a.steps.clone(),
+                interval_s: a.interval,
+                services: a.services.clone(),
+                skip_smoke: a.skip_smoke,
+            };
+            let v = client
+                .call(
+                    Method::POST,
+                    "/v1/canary",
+                    Some(serde_json::to_value(&req).unwrap()),
+                )
+                .await?;
+            let started: ReleaseResponse = decode(&v)?;
+            let services: Vec<String> = started
+                .status
+                .services
+                .iter()
+                .filter(|(_, s)| s.canary.is_some())
+                .map(|(n, _)| n.clone())
+                .collect();
+            if a.detach {
+                if !out(&v) {
+                    println!(
+                        "canary of {} started on {}: {}% (follow with `releasectl status`)",
+                        a.color,
+                        services.join(", "),
+                        a.steps[0]
+                    );
+                }
+                return Ok(());
+            }
+            return follow_canary(&client, &services, a.color, cli.json).await;
+        }
+        Verb::Promote { services } | Verb::Abort { services } => {
+            let promote = matches!(cli.verb, Verb::Promote { .. });
+            let path = if promote {
+                "/v1/canary/promote"
+            } else {
+                "/v1/canary/abort"
+            };
+            let body = serde_json::to_value(ServicesRequest {
+                services: services.clone(),
+            })
+            .unwrap();
+            let v = client.call(Method::POST, path, Some(body)).await?;
+            if !out(&v) {
+                let r: ReleaseResponse = decode(&v)?;
+                if promote {
+                    print_release(&r, "promote");
+                } else {
+                    println!("canary aborted: traffic stays on the active color");
+                }
+                print_status(&r.status);
+            }
         }
     }
     Ok(())

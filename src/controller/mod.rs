@@ -342,6 +342,13 @@ impl Controller {
             "switch",
             json!({ "to": req.color, "skip_smoke": req.skip_smoke }),
         )?;
+        if !moving.is_empty() {
+            self.watch_after_switch(&mut inner, &moving, req.color);
+            let mut alarms = self.alarms.lock().unwrap();
+            for s in &moving {
+                alarms.remove(s);
+            }
+        }
         drop(inner);
         let drain = if req.wait_drain {
             Some(self.wait_drain(&changes).await)
@@ -371,6 +378,8 @@ impl Controller {
             "rollback",
             json!({ "reason": "manual" }),
         )?;
+        let moved: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
+        Self::unwatch(&mut inner, &moved);
         drop(inner);
         let drain = if req.wait_drain {
             Some(self.wait_drain(&changes).await)
@@ -440,7 +449,10 @@ impl Controller {
             detail["changes"] = json!(changes);
         }
         let services = match detail.get("services").and_then(|v| v.as_array()) {
-            Some(list) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(list) => list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             None => changes.iter().map(|c| c.service.clone()).collect(),
         };
         self.history_event(HistoryEvent::now(action, services, "ok", detail));
@@ -517,7 +529,11 @@ impl Controller {
             return Err(ApiError {
                 status: 409,
                 body: ErrorBody {
-                    error: format!("{} smoke check(s) failed on {}: no canary started", failures.len(), req.color),
+                    error: format!(
+                        "{} smoke check(s) failed on {}: no canary started",
+                        failures.len(),
+                        req.color
+                    ),
                     failures,
                     ..Default::default()
                 },
@@ -554,8 +570,20 @@ impl Controller {
     pub async fn promote(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
         let mut inner = self.inner.lock().await;
         let services = Self::canary_targets(&inner, &req.services)?;
-        let color = inner.state.releases.get(&services[0]).canary.map(|c| c.color);
-        let changes = self.apply_and_commit(&mut inner, &Command::Promote { services: services.clone() }, "promote", json!({ "by": "operator" }))?;
+        let color = inner
+            .state
+            .releases
+            .get(&services[0])
+            .canary
+            .map(|c| c.color);
+        let changes = self.apply_and_commit(
+            &mut inner,
+            &Command::Promote {
+                services: services.clone(),
+            },
+            "promote",
+            json!({ "by": "operator" }),
+        )?;
         if let Some(color) = color {
             self.watch_after_switch(&mut inner, &services, color);
         }
@@ -571,7 +599,14 @@ impl Controller {
     pub async fn abort(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
         let mut inner = self.inner.lock().await;
         let services = Self::canary_targets(&inner, &req.services)?;
-        self.apply_and_commit(&mut inner, &Command::Abort { services: services.clone() }, "abort", json!({ "by": "operator" }))?;
+        self.apply_and_commit(
+            &mut inner,
+            &Command::Abort {
+                services: services.clone(),
+            },
+            "abort",
+            json!({ "by": "operator" }),
+        )?;
         Self::unwatch(&mut inner, &services);
         drop(inner);
         Ok(ReleaseResponse {

@@ -70,7 +70,10 @@ pub fn evaluate(f: &Figures, slo: &Slo) -> Option<Breach> {
         if f.p95_ms > max {
             return Some(Breach {
                 reason: "p95",
-                detail: format!("p95 {} ms > {max} ms over {} requests", f.p95_ms, f.requests),
+                detail: format!(
+                    "p95 {} ms > {max} ms over {} requests",
+                    f.p95_ms, f.requests
+                ),
             });
         }
     }
@@ -78,7 +81,10 @@ pub fn evaluate(f: &Figures, slo: &Slo) -> Option<Breach> {
         if f.p99_ms > max {
             return Some(Breach {
                 reason: "p99",
-                detail: format!("p99 {} ms > {max} ms over {} requests", f.p99_ms, f.requests),
+                detail: format!(
+                    "p99 {} ms > {max} ms over {} requests",
+                    f.p99_ms, f.requests
+                ),
             });
         }
     }
@@ -132,7 +138,13 @@ impl Controller {
                         Self::unwatch(&mut inner, &w.services);
                     }
                 }
-                (WatchKind::Canary { next_step_at, interval_s }, None) => {
+                (
+                    WatchKind::Canary {
+                        next_step_at,
+                        interval_s,
+                    },
+                    None,
+                ) => {
                     if now >= *next_step_at {
                         self.advance_canary(&mut inner, &w, *interval_s);
                     }
@@ -155,7 +167,10 @@ impl Controller {
                 let cmd = Command::Abort {
                     services: w.services.clone(),
                 };
-                if self.apply_and_commit(inner, &cmd, "rollback", detail).is_ok() {
+                if self
+                    .apply_and_commit(inner, &cmd, "rollback", detail)
+                    .is_ok()
+                {
                     for s in &w.services {
                         metrics::global()
                             .rollbacks
@@ -211,7 +226,10 @@ impl Controller {
                 let cmd = Command::Rollback {
                     services: w.services.clone(),
                 };
-                if self.apply_and_commit(inner, &cmd, "rollback", detail).is_ok() {
+                if self
+                    .apply_and_commit(inner, &cmd, "rollback", detail)
+                    .is_ok()
+                {
                     for s in &w.services {
                         metrics::global()
                             .rollbacks
@@ -228,7 +246,14 @@ impl Controller {
         let left = w
             .services
             .iter()
-            .map(|s| inner.state.releases.get(s).canary.map_or(0, |c| c.steps.len()))
+            .map(|s| {
+                inner
+                    .state
+                    .releases
+                    .get(s)
+                    .canary
+                    .map_or(0, |c| c.steps.len())
+            })
             .min()
             .unwrap_or(0);
         let next_weight = w
@@ -242,7 +267,12 @@ impl Controller {
                 services: w.services.clone(),
             };
             if self
-                .apply_and_commit(inner, &cmd, "promote", json!({ "color": w.color, "by": "canary" }))
+                .apply_and_commit(
+                    inner,
+                    &cmd,
+                    "promote",
+                    json!({ "color": w.color, "by": "canary" }),
+                )
                 .is_ok()
             {
                 self.watch_after_switch(inner, &w.services, w.color);
@@ -254,7 +284,12 @@ impl Controller {
         };
         let weight = next_weight.unwrap_or(0);
         if self
-            .apply_and_commit(inner, &cmd, "canary", json!({ "color": w.color, "weight": weight }))
+            .apply_and_commit(
+                inner,
+                &cmd,
+                "canary",
+                json!({ "color": w.color, "weight": weight }),
+            )
             .is_ok()
         {
             tracing::info!(services = ?w.services, color = %w.color, weight, "canary step");
@@ -287,7 +322,9 @@ impl Controller {
                 services: with_slo,
                 color,
                 since: now,
-                kind: WatchKind::Switch { until: now + watch_s },
+                kind: WatchKind::Switch {
+                    until: now + watch_s,
+                },
             },
         );
     }
@@ -344,7 +381,10 @@ mod tests {
     #[test]
     fn error_rate_and_latency_breaches() {
         assert_eq!(evaluate(&figs(100, 2, 100), &slo()), None);
-        assert_eq!(evaluate(&figs(100, 3, 100), &slo()).unwrap().reason, "error_rate");
+        assert_eq!(
+            evaluate(&figs(100, 3, 100), &slo()).unwrap().reason,
+            "error_rate"
+        );
         assert_eq!(evaluate(&figs(100, 0, 400), &slo()).unwrap().reason, "p95");
         let mut s = slo();
         s.max_p95_ms = None;
