@@ -4,6 +4,7 @@
 //! mistake names its file, line and key, so `switchyard check` reads like `nginx -t`.
 
 mod file;
+mod keys;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -257,6 +258,24 @@ impl Config {
         };
         let mut parsed = Vec::new();
         for (i, (_, text)) in sources.iter().enumerate() {
+            let unknown = keys::unknown_keys(text);
+            if !unknown.is_empty() {
+                // Report them all; the rest of this file is checked once they are fixed.
+                for k in unknown {
+                    let name = k.path.rsplit('.').next().unwrap_or(&k.path).to_string();
+                    let name = name.split('[').next().unwrap_or(&name).to_string();
+                    v.push(
+                        i,
+                        k.span,
+                        &k.path,
+                        format!(
+                            "unknown key `{name}` (expected one of: {})",
+                            k.expected.join(", ")
+                        ),
+                    );
+                }
+                continue;
+            }
             match toml::from_str::<FileConfig>(text) {
                 Ok(fc) => parsed.push((i, fc)),
                 Err(e) => {
