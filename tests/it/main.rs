@@ -3,12 +3,15 @@
 
 mod support;
 
+mod canary;
 mod config_check;
 mod demo;
 mod errors;
 mod health;
 mod lifecycle;
 mod metrics;
+mod release;
 mod routing;
 mod selftest;
+mod tls;
 mod websocket;

@@ -5,8 +5,12 @@
 #![allow(dead_code)]
 
 mod backend;
+pub mod faulty;
+pub mod pebble;
 mod proxy;
 mod raw;
+pub mod release;
+pub mod tls;
 
 pub use backend::Backend;
 pub use proxy::{client, Proxy, BASE};

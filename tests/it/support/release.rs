@@ -47,7 +47,11 @@ impl CtlOutput {
 
     /// Panics with the whole run unless the exit code is `code`.
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, Some(code), "unexpected releasectl exit code:\n{self}");
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected releasectl exit code:\n{self}"
+        );
         self
     }
 }
@@ -109,14 +113,18 @@ pub async fn run_releasectl(
     for k in CTL_ENV {
         cmd.env_remove(k);
     }
-    cmd.env("NO_PROXY", "*");
     for (k, v) in env {
         cmd.env(k, v);
     }
     let start = Instant::now();
     let out = tokio::time::timeout(CTL_TIMEOUT, cmd.output())
         .await
-        .unwrap_or_else(|_| panic!("releasectl {} ran longer than {CTL_TIMEOUT:?}", all.join(" ")))
+        .unwrap_or_else(|_| {
+            panic!(
+                "releasectl {} ran longer than {CTL_TIMEOUT:?}",
+                all.join(" ")
+            )
+        })
         .expect("spawn releasectl");
     CtlOutput {
         args: all,
@@ -291,4 +299,139 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// One HTTP/1.1 keep-alive connection, used for request after request: it
+/// notices what a pooled client would hide (a connection closed or reset
+/// under it).
+pub struct KeepAlive {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One response on a [`KeepAlive`] connection.
+pub struct KeepAliveResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The response said `Connection: close`.
+    pub close: bool,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> Result<KeepAlive, String> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream.set_nodelay(true).ok();
+        Ok(KeepAlive {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// `GET path` with `Host: host`; 15 s at most.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<KeepAliveResponse, String> {
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: keepalive-test\r\n\r\n");
+        tokio::time::timeout(Duration::from_secs(15), async {
+            use tokio::io::AsyncWriteExt;
+            self.stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            self.read_response().await
+        })
+        .await
+        .map_err(|_| "no response within 15 s".to_string())?
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        let n = self
+            .stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "connection closed by the proxy ({} bytes of a response read)",
+                self.buf.len()
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    async fn read_response(&mut self) -> Result<KeepAliveResponse, String> {
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        let mut content_length = None;
+        let mut chunked = false;
+        let mut close = false;
+        for l in lines {
+            let Some((k, v)) = l.split_once(':') else {
+                continue;
+            };
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => content_length = v.parse::<usize>().ok(),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "connection" => close = v.contains("close"),
+                _ => {}
+            }
+        }
+        let body = if chunked {
+            let mut out = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf, b"\r\n") {
+                        break i;
+                    }
+                    self.fill().await?;
+                };
+                let size_str = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
+                let size = usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16)
+                    .map_err(|_| format!("bad chunk size {size_str:?}"))?;
+                self.buf.drain(..line_end + 2);
+                while self.buf.len() < size + 2 {
+                    self.fill().await?;
+                }
+                out.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+            out
+        } else {
+            let len = content_length.unwrap_or(0);
+            while self.buf.len() < len {
+                self.fill().await?;
+            }
+            self.buf.drain(..len).collect()
+        };
+        Ok(KeepAliveResponse {
+            status,
+            body,
+            close,
+        })
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
