@@ -39,12 +39,25 @@ fn builder(cfg: &TlsConfig) -> anyhow::Result<instant_acme::AccountBuilder> {
 pub async fn account(cfg: &TlsConfig) -> anyhow::Result<Account> {
     let path = cfg.cert_dir.join(ACCOUNT_FILE);
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let creds: AccountCredentials = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not an ACME account file", path.display()))?;
-        return builder(cfg)?
-            .from_credentials(creds)
-            .await
-            .context("restoring the ACME account");
+        let stored_dir = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v.get("directory")
+                    .and_then(|d| d.as_str())
+                    .map(str::to_string)
+            });
+        if stored_dir.as_deref() == Some(cfg.acme_directory.as_str()) {
+            let creds: AccountCredentials = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an ACME account file", path.display()))?;
+            return builder(cfg)?
+                .from_credentials(creds)
+                .await
+                .context("restoring the ACME account");
+        }
+        // The account belongs to another CA (staging → production, say): keep it aside and
+        // register with the configured one.
+        tracing::warn!(stored = ?stored_dir, configured = %cfg.acme_directory, "the stored ACME account is for another directory: creating a new one");
+        retire_account(cfg);
     }
     let contact = cfg.acme_email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -64,6 +77,31 @@ pub async fn account(cfg: &TlsConfig) -> anyhow::Result<Account> {
     write_atomic(&path, &json, 0o600).with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(directory = %cfg.acme_directory, "created the ACME account");
     Ok(account)
+}
+
+/// Moves the stored account aside (`acme-account.json.retired-UNIX`), so the next
+/// [`account`] call registers a new one.
+pub fn retire_account(cfg: &TlsConfig) {
+    let path = cfg.cert_dir.join(ACCOUNT_FILE);
+    let aside = cfg.cert_dir.join(format!(
+        "{ACCOUNT_FILE}.retired-{}",
+        super::store::unix_now()
+    ));
+    if let Err(e) = std::fs::rename(&path, &aside) {
+        tracing::warn!("cannot move {} aside: {e}", path.display());
+    }
+}
+
+/// True when the CA says the account does not exist (deactivated, or a CA that lost it).
+pub fn account_gone(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| match c.downcast_ref::<instant_acme::Error>() {
+            Some(instant_acme::Error::Api(p)) => p
+                .r#type
+                .as_deref()
+                .is_some_and(|t| t.ends_with("accountDoesNotExist")),
+            _ => false,
+        })
 }
 
 /// Removes a challenge answer from the store when the order ends, however it ends.

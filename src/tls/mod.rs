@@ -330,13 +330,24 @@ impl CertManager {
             Issuer::Files => Ok(()),
             Issuer::Acme => {
                 let mut account = self.account.lock().await;
-                if account.is_none() {
-                    *account = Some(acme::account(tls).await?);
+                for attempt in 0..2 {
+                    if account.is_none() {
+                        *account = Some(acme::account(tls).await?);
+                    }
+                    let acct = account.as_ref().expect("set above");
+                    tracing::info!(%host, challenge = ?tls.challenge, "ordering a certificate");
+                    match acme::order(acct, host, tls.challenge, &self.store).await {
+                        Ok((chain, key)) => return self.save_and_install(tls, host, &chain, &key),
+                        Err(e) if attempt == 0 && acme::account_gone(&e) => {
+                            // The CA no longer knows the account: register again, once.
+                            tracing::warn!(%host, "the ACME account no longer exists at the CA: registering a new one");
+                            *account = None;
+                            acme::retire_account(tls);
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-                let acct = account.as_ref().expect("set above");
-                tracing::info!(%host, challenge = ?tls.challenge, "ordering a certificate");
-                let (chain, key) = acme::order(acct, host, tls.challenge, &self.store).await?;
-                self.save_and_install(tls, host, &chain, &key)
+                unreachable!("the second attempt returns")
             }
         }
     }
