@@ -312,8 +312,10 @@ impl ProxyHttp for EdgeProxy {
         if let Some(pool) = ctx.pool() {
             pool.metrics.upstream_error(kind);
         }
-        // One retry, on another backend when the pool has one.
-        if !ctx.retried {
+        // One retry, on another backend; with a single backend a retry would only knock on
+        // the same closed door.
+        let others = ctx.pool().is_some_and(|p| p.backends.len() > 1);
+        if !ctx.retried && others {
             ctx.retried = true;
             e.set_retry(true);
         } else {

@@ -104,11 +104,28 @@ impl Proxy {
                     self.logs()
                 );
             }
-            let admin_ok = matches!(
-                probe.get(&health).send().await,
-                Ok(r) if r.status() == reqwest::StatusCode::OK
-            );
-            if admin_ok && tokio::net::TcpStream::connect(self.http_addr).await.is_ok() {
+            // Both listeners must be *ours*: a free port picked by one test process can be
+            // taken by another's backend before switchyard binds it.
+            let admin_ok = match probe.get(&health).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => {
+                    r.text().await.is_ok_and(|b| b.contains("\"routes\""))
+                }
+                _ => false,
+            };
+            let http_ok = admin_ok
+                && match probe
+                    .get(format!("http://{}/", self.http_addr))
+                    .header("host", "readiness-probe.invalid")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => r
+                        .text()
+                        .await
+                        .is_ok_and(|b| b.contains("no route for this host")),
+                    _ => false,
+                };
+            if http_ok {
                 return;
             }
             if Instant::now() >= deadline {
