@@ -7,8 +7,10 @@ use crate::config::LogFormat;
 
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| {
+        // pingora's connection pool logs a benign race (cloudflare/pingora#201) at ERROR for
+        // every pooled upstream connection it discards: noise at an edge.
         EnvFilter::new(format!(
-            "{level},pingora_core::server=warn,pingora_core::services=warn"
+            "{level},pingora_core::server=warn,pingora_core::services=warn,pingora_core::connectors=off"
         ))
     });
     let builder = tracing_subscriber::fmt()
