@@ -43,7 +43,7 @@ RELOAD_GAP=${RELOAD_GAP:-1}
 WRK_CONNS=${WRK_CONNS:-16}
 THREADS=${THREADS:-$(nproc)}
 NGINX_CMP=${NGINX_CMP:-1}
-PARTS=${PARTS:-AB}
+PARTS=${PARTS-AB}
 OPEN_CONCURRENCY=${OPEN_CONCURRENCY:-200}
 SETTLE=${SETTLE:-2}
 REOPEN=${REOPEN:-1}
@@ -113,6 +113,8 @@ cleanup() {
     fi
   done
   if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
+    # a switchyard stuck in an accept-error loop writes ~90 MB/s of log: keep the head only
+    find "$TMP" -name '*.log' -size +50M -exec truncate -s 50M {} + 2>/dev/null || true
     log "temp dir kept: $TMP"
   else
     rm -rf "$TMP"
@@ -145,6 +147,11 @@ forget() { # drop a pid we waited for from PIDS (so cleanup never signals a reus
   PIDS=("${keep[@]}")
 }
 
+sw_alive() { # die with a clear message if switchyard is gone
+  kill -0 "$SW_PID" 2>/dev/null ||
+    { tail -n 20 "$SW_DIR/switchyard.log" >&2; die "switchyard (pid $SW_PID) is gone ($1)"; }
+}
+
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 rss_kib() { # VmRSS of one pid, KiB
@@ -167,6 +174,14 @@ cpu_ms() { # utime+stime of one pid (all its threads), ms
   # shellcheck disable=SC2086
   set -- $st # $12 utime, $13 stime (clock ticks)
   echo $(((${12} + ${13}) * 1000 / CLK_TCK))
+}
+cpu_split() { # "user/sys" ms of one pid
+  local st
+  st=$(<"/proc/$1/stat")
+  st=${st##*) }
+  # shellcheck disable=SC2086
+  set -- $st
+  echo "$((${12} * 1000 / CLK_TCK))/$((${13} * 1000 / CLK_TCK))"
 }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 
@@ -330,6 +345,8 @@ say "-- A2. start-up: launch -> admin /health 200 -> first proxied 200 ($STARTS 
 t_h=()
 t_p=()
 c_h=()
+c_split=()
+INT_HANGS=()
 for n in $(seq "$STARTS"); do
   rm -rf "$SW_DIR/state" # a first start each time: no state.json, a new token
   t0=$(now_ms)
@@ -346,19 +363,27 @@ for n in $(seq "$STARTS"); do
   done
   t_health=$(now_ms)
   c_h+=("$(cpu_ms "$SW_PID")")
+  c_split+=("$(cpu_split "$SW_PID")")
   wait_status "$SW_HTTP" "$LIVE_HOST" 200 "$SW_PID"
   t_proxy=$(now_ms)
   t_h+=($((t_health - t0)))
   t_p+=($((t_proxy - t0)))
-  if ((n < STARTS)); then # SIGINT: exits at once; wait until its ports are free again
+  if ((n < STARTS)); then # SIGINT: "exits at once"; bounded wait, then SIGKILL
     kill -INT "$SW_PID"
-    wait "$SW_PID" || true
+    for _ in $(seq 30); do kill -0 "$SW_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$SW_PID" 2>/dev/null; then
+      INT_HANGS+=("start $n: $(grep -m1 -o 'Accept() failed.*' "$SW_DIR/switchyard.log" | cut -c1-110)")
+      kill -KILL "$SW_PID" 2>/dev/null || true
+    fi
+    wait "$SW_PID" 2>/dev/null || true
     forget "$SW_PID"
+    : >"$SW_DIR/switchyard.log"
   fi
 done
 say "   wall: /health 200 after median $(median "${t_h[@]}") ms (runs: ${t_h[*]} ms); first proxied 200 after median $(median "${t_p[@]}") ms (runs: ${t_p[*]} ms)"
-say "   CPU time switchyard had used when /health answered: median $(median "${c_h[@]}") ms (runs: ${c_h[*]} ms; ${CLK_TCK} ticks/s)"
+say "   CPU time switchyard had used when /health answered: median $(median "${c_h[@]}") ms (runs: ${c_h[*]} ms; user/sys: ${c_split[*]} ms)"
 say "   /health: $(tr -d '\n' <"$TMP/health.json")"
+say "   SIGINT between starts: $((STARTS - 1 - ${#INT_HANGS[@]})) of $((STARTS - 1)) exited within 3 s${INT_HANGS[*]:+; STILL RUNNING (killed): ${INT_HANGS[*]}}"
 grep -Eq "\"routes\": *$ROUTES[,}]" "$TMP/health.json" || die "/health does not report $ROUTES routes"
 [[ $(status_of "$SW_HTTP" nohost.example.org) == 404 ]] || die "unknown host should get 404"
 TOKEN=$(cat "$SW_DIR/state/admin.token")
@@ -421,18 +446,18 @@ wrk_bad() { # non-2xx/3xx + socket errors (connect/read/write/timeout) from a wr
 }
 
 LOAD_S=$((RELOADS * RELOAD_GAP + 3))
-run_load() { # label with-reloads(0|1)
-  local label=$1 with=$2
+run_load() { # id label with-reloads(0|1)
+  local id=$1 label=$2 with=$3
   rm -f "$TMP/stop"
   # a curl loop: one new connection per request, the status of each written down
   (
     while [[ ! -e $TMP/stop ]]; do
       curl -s -o /dev/null -m 5 -w '%{http_code}\n' -H "Host: $LIVE_HOST" "http://127.0.0.1:$SW_HTTP/" || echo "curl-exit-$?"
     done
-  ) >"$TMP/curl-$label.codes" 2>&1 &
+  ) >"$TMP/curl-$id.codes" 2>&1 &
   local loop_pid=$!
   PIDS+=("$loop_pid")
-  wrk -t1 -c"$WRK_CONNS" -d"${LOAD_S}s" --latency -H "Host: $LIVE_HOST" "http://127.0.0.1:$SW_HTTP/" >"$TMP/wrk-$label.out" 2>&1 &
+  wrk -t1 -c"$WRK_CONNS" -d"${LOAD_S}s" --latency -H "Host: $LIVE_HOST" "http://127.0.0.1:$SW_HTTP/" >"$TMP/wrk-$id.out" 2>&1 &
   local wrk_pid=$!
   PIDS+=("$wrk_pid")
   RELOAD_TIMES=()
@@ -450,22 +475,23 @@ run_load() { # label with-reloads(0|1)
       ((rest > 0)) && sleep "$(awk -v r="$rest" 'BEGIN { printf "%.3f", r / 1000 }')"
     done
   fi
-  wait "$wrk_pid" || die "wrk failed: $(cat "$TMP/wrk-$label.out")"
+  wait "$wrk_pid" || { sw_alive "during the $id load"; die "wrk failed: $(cat "$TMP/wrk-$id.out")"; }
   forget "$wrk_pid"
   touch "$TMP/stop"
   wait "$loop_pid" || true
   forget "$loop_pid"
   local total bad
-  total=$(wc -l <"$TMP/curl-$label.codes")
-  bad=$(grep -vc '^200$' "$TMP/curl-$label.codes" || true)
-  say "   $label wrk -t1 -c$WRK_CONNS ${LOAD_S}s (keep-alive): $(wrk_summary "$TMP/wrk-$label.out")"
+  total=$(wc -l <"$TMP/curl-$id.codes")
+  bad=$(grep -vc '^200$' "$TMP/curl-$id.codes" || true)
+  say "   $label wrk -t1 -c$WRK_CONNS ${LOAD_S}s (keep-alive): $(wrk_summary "$TMP/wrk-$id.out")"
   say "   $label curl loop (new connection each): $total requests, non-200: $bad"
-  LOAD_BAD=$((bad + $(wrk_bad "$TMP/wrk-$label.out")))
+  LOAD_BAD=$((bad + $(wrk_bad "$TMP/wrk-$id.out")))
+  sw_alive "after the $id load"
 }
 
-run_load "baseline (no reload):" 0
+run_load baseline "baseline (no reload):" 0
 BASE_BAD=$LOAD_BAD
-run_load "during $RELOADS reloads:" 1
+run_load reloads "during $RELOADS reloads:" 1
 RELOAD_BAD=$LOAD_BAD
 say "   reload under load: median $(median "${RELOAD_TIMES[@]}") ms (runs: ${RELOAD_TIMES[*]} ms)"
 say "   failed requests: baseline $BASE_BAD, during reloads $RELOAD_BAD (non-2xx + socket errors + curl non-200)"
@@ -578,7 +604,9 @@ idle_test() { # name port pid rss-function -> says lines, sets PER_CONN
 if [[ $PARTS == *B* ]]; then
 say ""
 say "-- B. $CONNS idle keep-alive client connections (each sent one GET Host: $LIVE_HOST and read the 200), held ${SETTLE}s"
+sw_alive "before the idle connections"
 idle_test switchyard "$SW_HTTP" "$SW_PID" rss_kib
+sw_alive "after the idle connections"
 SW_PER_CONN=$PER_CONN
 
 if ((NGINX_CMP)); then

@@ -77,8 +77,9 @@ pub struct PoolLoad {
     /// Unix ms after which upgraded connections still open on this color are closed; 0 while
     /// the color is serving. Set when traffic moves away (now + `drain_timeout_s`).
     pub drain_deadline_ms: AtomicU64,
-    /// Sliding-window figures for the SLO watch.
-    pub slo: crate::slo::SloStats,
+    /// Sliding-window figures for the SLO watch; allocated (≈150 KiB) only for services
+    /// that have an `slo`.
+    pub slo: std::sync::OnceLock<crate::slo::SloStats>,
 }
 
 impl PoolLoad {

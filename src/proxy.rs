@@ -444,7 +444,9 @@ impl ProxyHttp for EdgeProxy {
         match ctx.pool() {
             Some(pool) => {
                 pool.metrics.record(status, elapsed.as_secs_f64());
-                pool.load.slo.record(status, elapsed.as_millis() as u64);
+                if let Some(slo) = pool.load.slo.get() {
+                    slo.record(status, elapsed.as_millis() as u64);
+                }
             }
             None => metrics::global()
                 .unrouted()

@@ -205,8 +205,10 @@ impl ShutdownSignalWatch for Signals {
                     return ShutdownSignal::GracefulTerminate;
                 }
                 _ = int.recv() => {
+                    // Exit here rather than through pingora's fast shutdown, which was seen to
+                    // leave an accept loop spinning on a runtime being torn down.
                     tracing::info!("SIGINT: exiting now");
-                    return ShutdownSignal::FastShutdown;
+                    std::process::exit(0);
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");

@@ -158,12 +158,11 @@ pub fn build(
                 .iter()
                 .map(|a| retained.backend(name, label, *a))
                 .collect();
-            Arc::new(Pool::new(
-                label,
-                backends,
-                m.pool(name, label),
-                retained.load(name, label),
-            ))
+            let load = retained.load(name, label);
+            if sc.slo.is_some() {
+                load.slo.get_or_init(Default::default);
+            }
+            Arc::new(Pool::new(label, backends, m.pool(name, label), load))
         };
         let (release, pools) = match &sc.pools {
             Pools::Single(addrs) => (None, vec![make_pool(NO_COLOR, addrs)]),

@@ -98,7 +98,8 @@ impl Controller {
         let svc = snap.service(service)?;
         let slo = svc.config.slo.clone()?;
         let pool = svc.pool(color)?;
-        Some((pool.load.slo.figures(now_s(), slo.window_s, since), slo))
+        let stats = pool.load.slo.get()?;
+        Some((stats.figures(now_s(), slo.window_s, since), slo))
     }
 
     /// Registers a watch, replacing any that covers the same services.
