@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
@@ -28,6 +30,15 @@ use crate::token;
 pub struct RunOptions {
     /// Start the built-in blue and green demo backends on the addresses of the demo service.
     pub demo_service: Option<String>,
+}
+
+/// Read buffer of each client connection. pingora's default, 64 KiB, made an idle
+/// keep-alive connection cost ~100 KiB; 16 KiB still holds a full TLS record and any sane
+/// request head (see loadtests/README.md, "Scale").
+const CLIENT_READ_BUFFER: usize = 16 * 1024;
+
+fn client_listener(addr: SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER))
 }
 
 /// Fails early, with the key's name, when a listen address is taken: pingora would panic.
@@ -90,7 +101,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             },
             "proxy http",
         );
-        proxy.add_tcp(&http.to_string());
+        proxy.add_listener(client_listener(http));
         services.push(Box::new(proxy));
     }
     if let (Some(https), Some(certs)) = (config.listen.https, &certs) {
@@ -105,7 +116,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         );
         let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
         let mut svc = Service::new("proxy https".to_string(), front);
-        svc.add_tcp(&https.to_string());
+        svc.add_listener(client_listener(https));
         services.push(Box::new(svc));
         services.push(Box::new(background_service(
             "certificates",
