@@ -123,6 +123,9 @@ pub struct DrainReport {
 pub struct ReleaseResponse {
     /// What moved; empty when every service already was where asked.
     pub changed: Vec<Change>,
+    /// The services the command acted on.
+    #[serde(default)]
+    pub services: Vec<String>,
     pub smoke: Vec<SmokeResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainReport>,

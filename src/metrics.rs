@@ -80,6 +80,13 @@ pub struct PoolMetrics {
 impl PoolMetrics {
     #[inline]
     pub fn record(&self, status: u16, seconds: f64) {
+        self.count(status);
+        self.duration.observe(seconds);
+    }
+
+    /// Counts a response without observing its duration.
+    #[inline]
+    pub fn count(&self, status: u16) {
         let idx = status.clamp(100, 599) as usize - 100;
         self.requests[idx]
             .get_or_init(|| {
@@ -88,7 +95,6 @@ impl PoolMetrics {
                     .with_label_values(&[&self.labels[0], &self.labels[1], &code])
             })
             .inc();
-        self.duration.observe(seconds);
     }
 
     #[inline]

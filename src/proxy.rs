@@ -442,6 +442,9 @@ impl ProxyHttp for EdgeProxy {
             .map_or(499, |r| r.status.as_u16());
         let elapsed = ctx.start.elapsed();
         match ctx.pool() {
+            // An upgraded connection's "duration" is its WebSocket session: count it, but
+            // keep it out of the latency figures (and so out of the SLO's p95).
+            Some(pool) if ctx._upgraded.is_some() => pool.metrics.count(status),
             Some(pool) => {
                 pool.metrics.record(status, elapsed.as_secs_f64());
                 if let Some(slo) = pool.load.slo.get() {

@@ -38,7 +38,8 @@ pub struct RunOptions {
 const CLIENT_READ_BUFFER: usize = 16 * 1024;
 
 fn client_listener(addr: SocketAddr) -> ListenerConfig {
-    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER))
+    ListenerConfig::tcp(addr.to_string())
+        .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER))
 }
 
 /// Fails early, with the key's name, when a listen address is taken: pingora would panic.

@@ -17,6 +17,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot, retained: Retained) -> Arc<Shared> {
+        snapshot.export_gauges();
         Arc::new(Shared {
             access_log: AtomicBool::new(snapshot_access_log(&snapshot)),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -25,6 +26,7 @@ impl Shared {
     }
 
     pub fn publish(&self, snapshot: Snapshot) {
+        snapshot.export_gauges();
         self.access_log
             .store(snapshot_access_log(&snapshot), Ordering::Relaxed);
         self.snapshot.store(Arc::new(snapshot));

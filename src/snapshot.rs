@@ -73,6 +73,23 @@ impl Snapshot {
     pub fn service(&self, name: &str) -> Option<&Arc<ServiceRuntime>> {
         self.services.iter().find(|s| s.name == name)
     }
+
+    /// Sets the release gauges from this snapshot: called when it is published, not when it
+    /// is built, so a release that fails to persist never shows in metrics.
+    pub fn export_gauges(&self) {
+        let m = metrics::global();
+        for svc in &self.services {
+            let Some(r) = &svc.release else { continue };
+            for c in Color::ALL {
+                m.active_color
+                    .with_label_values(&[&svc.name, c.as_str()])
+                    .set((c == r.active) as i64);
+            }
+            m.canary_weight
+                .with_label_values(&[&svc.name])
+                .set(r.canary.as_ref().map_or(0, |c| c.weight as i64));
+        }
+    }
 }
 
 /// Objects that outlive one snapshot: backends (with their health) and per-color load
@@ -178,11 +195,6 @@ pub fn build(
                     make_pool(Color::Blue.as_str(), &pick(Color::Blue, blue)),
                     make_pool(Color::Green.as_str(), &pick(Color::Green, green)),
                 ];
-                for c in Color::ALL {
-                    m.active_color
-                        .with_label_values(&[name, c.as_str()])
-                        .set((c == release.active) as i64);
-                }
                 // Touch the release counters so `increase()` sees their first event.
                 for result in ["ok", "refused", "failed"] {
                     m.switches.with_label_values(&[name, result]);
@@ -190,9 +202,6 @@ pub fn build(
                 for reason in ["error_rate", "p95", "p99"] {
                     m.rollbacks.with_label_values(&[name, reason]);
                 }
-                m.canary_weight
-                    .with_label_values(&[name])
-                    .set(release.canary.as_ref().map_or(0, |c| c.weight as i64));
                 (Some(release), pools)
             }
         };

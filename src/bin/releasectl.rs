@@ -676,13 +676,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 )
                 .await?;
             let started: ReleaseResponse = decode(&v)?;
-            let services: Vec<String> = started
-                .status
-                .services
-                .iter()
-                .filter(|(_, s)| s.canary.is_some())
-                .map(|(n, _)| n.clone())
-                .collect();
+            // Follow this canary's services only, not unrelated ones running beside it.
+            let services = started.services.clone();
             if a.detach {
                 if !out(&v) {
                     println!(

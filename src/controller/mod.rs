@@ -85,6 +85,14 @@ fn parse_overrides(state: &PersistedState) -> Result<Overrides, String> {
     Ok(out)
 }
 
+/// Does `color` receive new requests under this release state?
+fn serves(r: &crate::release::ServiceRelease, color: Color) -> bool {
+    r.active == color
+        || r.canary
+            .as_ref()
+            .is_some_and(|c| c.color == color && c.weight > 0)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -356,6 +364,7 @@ impl Controller {
             None
         };
         Ok(ReleaseResponse {
+            services: changes.iter().map(|c| c.service.clone()).collect(),
             changed: changes,
             smoke,
             drain,
@@ -365,7 +374,18 @@ impl Controller {
 
     pub async fn rollback(&self, req: RollbackRequest) -> Result<ReleaseResponse, ApiError> {
         let mut inner = self.inner.lock().await;
-        let services = Self::targets(&inner.config, &req.services)?;
+        let mut services = Self::targets(&inner.config, &req.services)?;
+        if req.services.is_empty() {
+            // Without --service: every service that has something to roll back to.
+            let releases = &inner.state.releases;
+            services.retain(|s| releases.get(s).previous.is_some());
+            if services.is_empty() {
+                return Err(ApiError::new(
+                    409,
+                    "nothing to roll back to: no service has a previous color",
+                ));
+            }
+        }
         let (next, changes) = inner
             .state
             .releases
@@ -387,6 +407,7 @@ impl Controller {
             None
         };
         Ok(ReleaseResponse {
+            services: changes.iter().map(|c| c.service.clone()).collect(),
             changed: changes,
             smoke: Vec::new(),
             drain,
@@ -419,21 +440,34 @@ impl Controller {
             }
             return Err(ApiError::new(500, format!("{e}: nothing changed")));
         }
+        // A color that stops receiving new requests starts draining (its upgraded
+        // connections get `drain_timeout_s`); one that receives them again stops draining.
         let deadline_base = now_ms();
-        for c in changes {
+        for (service, new) in &state.releases.services {
+            let old = inner.state.releases.get(service);
+            if old == *new {
+                continue;
+            }
             let drain = inner
                 .config
-                .service(&c.service)
+                .service(service)
                 .map_or(Duration::ZERO, |s| s.drain_timeout);
-            let retained = &self.shared.retained;
-            retained
-                .load(&c.service, c.from.as_str())
-                .drain_deadline_ms
-                .store(deadline_base + drain.as_millis() as u64, Ordering::Relaxed);
-            retained
-                .load(&c.service, c.to.as_str())
-                .drain_deadline_ms
-                .store(0, Ordering::Relaxed);
+            for color in Color::ALL {
+                let deadline = if serves(new, color) {
+                    Some(0)
+                } else if serves(&old, color) {
+                    Some(deadline_base + drain.as_millis() as u64)
+                } else {
+                    None
+                };
+                if let Some(d) = deadline {
+                    self.shared
+                        .retained
+                        .load(service, color.as_str())
+                        .drain_deadline_ms
+                        .store(d, Ordering::Relaxed);
+                }
+            }
         }
         self.shared.publish(snap);
         inner.state = state;
@@ -560,6 +594,7 @@ impl Controller {
         );
         drop(inner);
         Ok(ReleaseResponse {
+            services: services.clone(),
             changed: Vec::new(),
             smoke,
             drain: None,
@@ -570,12 +605,6 @@ impl Controller {
     pub async fn promote(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
         let mut inner = self.inner.lock().await;
         let services = Self::canary_targets(&inner, &req.services)?;
-        let color = inner
-            .state
-            .releases
-            .get(&services[0])
-            .canary
-            .map(|c| c.color);
         let changes = self.apply_and_commit(
             &mut inner,
             &Command::Promote {
@@ -584,11 +613,20 @@ impl Controller {
             "promote",
             json!({ "by": "operator" }),
         )?;
-        if let Some(color) = color {
-            self.watch_after_switch(&mut inner, &services, color);
+        // Canaries of different colors are different releases: one watch per color.
+        for color in Color::ALL {
+            let group: Vec<String> = changes
+                .iter()
+                .filter(|c| c.to == color)
+                .map(|c| c.service.clone())
+                .collect();
+            if !group.is_empty() {
+                self.watch_after_switch(&mut inner, &group, color);
+            }
         }
         drop(inner);
         Ok(ReleaseResponse {
+            services: services.clone(),
             changed: changes,
             smoke: Vec::new(),
             drain: None,
@@ -610,6 +648,7 @@ impl Controller {
         Self::unwatch(&mut inner, &services);
         drop(inner);
         Ok(ReleaseResponse {
+            services: services.clone(),
             changed: Vec::new(),
             smoke: Vec::new(),
             drain: None,

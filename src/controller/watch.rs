@@ -102,11 +102,10 @@ impl Controller {
         Some((stats.figures(now_s(), slo.window_s, since), slo))
     }
 
-    /// Registers a watch, replacing any that covers the same services.
+    /// Registers a watch; the services it covers leave any older watch, which keeps
+    /// watching its other services.
     pub(super) fn watch(inner: &mut Inner, w: Watch) {
-        inner
-            .watches
-            .retain(|old| !old.services.iter().any(|s| w.services.contains(s)));
+        Self::unwatch(inner, &w.services);
         if !w.services.is_empty() {
             inner.watches.push(w);
         }
@@ -168,18 +167,7 @@ impl Controller {
                 let cmd = Command::Abort {
                     services: w.services.clone(),
                 };
-                if self
-                    .apply_and_commit(inner, &cmd, "rollback", detail)
-                    .is_ok()
-                {
-                    for s in &w.services {
-                        metrics::global()
-                            .rollbacks
-                            .with_label_values(&[s, breach.reason])
-                            .inc();
-                    }
-                }
-                Self::unwatch(inner, &w.services);
+                self.act_on_breach(inner, w, &cmd, detail, breach.reason);
             }
             WatchKind::Switch { .. } => {
                 // Never roll back into a pool that has no healthy backend.
@@ -227,18 +215,34 @@ impl Controller {
                 let cmd = Command::Rollback {
                     services: w.services.clone(),
                 };
-                if self
-                    .apply_and_commit(inner, &cmd, "rollback", detail)
-                    .is_ok()
-                {
-                    for s in &w.services {
-                        metrics::global()
-                            .rollbacks
-                            .with_label_values(&[s, breach.reason])
-                            .inc();
-                    }
+                self.act_on_breach(inner, w, &cmd, detail, breach.reason);
+            }
+        }
+    }
+
+    /// Commits the rollback (or canary drop) of a breached release. If the state cannot be
+    /// written, the watch stays so the next tick tries again, and the failure is logged
+    /// loudly: traffic and disk must not disagree.
+    fn act_on_breach(
+        &self,
+        inner: &mut Inner,
+        w: &Watch,
+        cmd: &Command,
+        detail: serde_json::Value,
+        reason: &'static str,
+    ) {
+        match self.apply_and_commit(inner, cmd, "rollback", detail) {
+            Ok(_) => {
+                for s in &w.services {
+                    metrics::global()
+                        .rollbacks
+                        .with_label_values(&[s, reason])
+                        .inc();
                 }
                 Self::unwatch(inner, &w.services);
+            }
+            Err(e) => {
+                tracing::error!(services = ?w.services, "SLO breached but the rollback could not be committed: {}; retrying", e.body.error);
             }
         }
     }
@@ -303,24 +307,24 @@ impl Controller {
         }
     }
 
-    /// Starts the post-switch watch for the services that have an SLO.
+    /// Starts the post-switch watch of a release. Services with an SLO are judged; a breach
+    /// of any of them rolls back every service of the release, SLO or not.
     pub(super) fn watch_after_switch(&self, inner: &mut Inner, services: &[String], color: Color) {
         let config = inner.config.clone();
-        let with_slo: Vec<String> = services
-            .iter()
-            .filter(|s| config.service(s).is_some_and(|c| c.slo.is_some()))
-            .cloned()
-            .collect();
-        let watch_s = with_slo
+        let watch_s = services
             .iter()
             .filter_map(|s| config.service(s)?.slo.as_ref().map(|x| x.watch_s))
-            .max()
-            .unwrap_or(0);
+            .max();
+        let Some(watch_s) = watch_s else {
+            // No service of the release has an SLO: nothing to judge.
+            Self::unwatch(inner, services);
+            return;
+        };
         let now = now_s();
         Self::watch(
             inner,
             Watch {
-                services: with_slo,
+                services: services.to_vec(),
                 color,
                 since: now,
                 kind: WatchKind::Switch {

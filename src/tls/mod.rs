@@ -45,10 +45,16 @@ pub fn cert_paths(dir: &std::path::Path, host: &str) -> (PathBuf, PathBuf) {
 
 /// When a certificate is due for renewal: `renew_before_days` before expiry if set, else
 /// with a third of its lifetime left (so 6-day and 90-day certificates both work).
+///
+/// `renew_before_days` is capped at half the lifetime: a value at or above the lifetime
+/// (30 days before expiry of a 30-day certificate) would renew on every pass.
 pub fn renewal_due(cert: &LoadedCert, renew_before_days: Option<u64>) -> u64 {
+    let lifetime = cert.lifetime().as_secs();
     match renew_before_days {
-        Some(days) => cert.not_after.saturating_sub(days * 86_400),
-        None => cert.not_after.saturating_sub(cert.lifetime().as_secs() / 3),
+        Some(days) => cert
+            .not_after
+            .saturating_sub((days * 86_400).min(lifetime / 2)),
+        None => cert.not_after.saturating_sub(lifetime / 3),
     }
 }
 
@@ -291,9 +297,10 @@ impl CertManager {
             let result = self.obtain(tls, &host).await;
             let mut m = self.hosts.lock().unwrap();
             let st = m.entry(host.clone()).or_default();
-            st.forced = false;
             match result {
                 Ok(()) => {
+                    // A forced renewal stays asked for until it succeeds.
+                    st.forced = false;
                     metrics::global()
                         .acme_orders
                         .with_label_values(&["ok"])
@@ -353,10 +360,14 @@ impl CertManager {
     }
 
     async fn refresh_ari(&self, tls: &TlsConfig) {
-        let account = self.account.lock().await;
+        let mut account = self.account.lock().await;
+        if account.is_none() {
+            // Certificates loaded from disk at start deserve the CA's advice too.
+            *account = acme::account(tls).await.ok();
+        }
         let Some(acct) = account.as_ref() else { return };
-        let hosts: Vec<String> = self.hosts.lock().unwrap().keys().cloned().collect();
-        for host in hosts {
+        let config = self.shared.snapshot.load().config.clone();
+        for host in wanted_hosts(&config) {
             let Some(cert) = self.store.get(&host) else {
                 continue;
             };
@@ -364,10 +375,7 @@ impl CertManager {
                 continue;
             };
             if let Some(due) = acme::renewal_info(acct, leaf).await {
-                let _ = tls;
-                if let Some(st) = self.hosts.lock().unwrap().get_mut(&host) {
-                    st.ari_due = Some(due);
-                }
+                self.hosts.lock().unwrap().entry(host).or_default().ari_due = Some(due);
             }
         }
     }
@@ -416,6 +424,8 @@ mod tests {
         let life = cert.not_after - cert.not_before;
         assert_eq!(renewal_due(&cert, None), cert.not_after - life / 3);
         assert_eq!(renewal_due(&cert, Some(2)), cert.not_after - 2 * 86_400);
+        // At or above the lifetime: capped at half of it, never "always due".
+        assert_eq!(renewal_due(&cert, Some(30)), cert.not_after - life / 2);
         assert!(covers(&cert, "a.example"));
         assert!(!covers(&cert, "b.example"));
     }

@@ -156,6 +156,13 @@ pub fn load_pem(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<LoadedCert> {
     let not_after = validity.not_after.timestamp().max(0) as u64;
     let serial = x509.raw_serial_as_string();
     let key = CertifiedKey::new(chain, signing);
+    // A key that does not belong to the certificate would fail every handshake (a crash
+    // between writing the key and the certificate could leave such a pair).
+    match key.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => anyhow::bail!("the private key does not match the certificate: {e}"),
+    }
     Ok(LoadedCert {
         key: Arc::new(key),
         not_before,

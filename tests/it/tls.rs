@@ -19,6 +19,9 @@ const HOST: &str = "shop.example";
 /// One ACME order on a busy 2-core machine takes a second or a few.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A host routed only in the second run of the ACME-down test.
+const NEW_HOST: &str = "new.example";
+
 fn route_and_service(host: &str, backend: &Backend) -> String {
     format!(
         r#"
@@ -290,14 +293,13 @@ async fn tls_acme_server_down_at_start_keeps_serving_and_retries() {
     drop(proxy);
     pebble.stop_pebble().await;
 
-    // Restart with the ACME server down and the certificate due for renewal.
-    let due = "renew_before_days = 100000";
-    let proxy = TlsProxy::start(
-        dir.path(),
-        &acme_config(&pebble, "http-01", &backend, due),
-        ports,
-    )
-    .await;
+    // Restart with the ACME server down and a newly routed host that has no certificate
+    // yet: its order fails and is retried; the existing certificate keeps serving.
+    let config = format!(
+        "{}\n[[route]]\nhost = \"{NEW_HOST}\"\nservice = \"shop\"\n",
+        acme_config(&pebble, "http-01", &backend, "")
+    );
+    let proxy = TlsProxy::start(dir.path(), &config, ports).await;
     let entry = proxy.cert(HOST).await;
     assert_eq!(entry["serial"], old.as_str(), "{entry}");
     https_get_ok(&proxy, &first_root, HOST, "/while-acme-is-down").await;
@@ -313,11 +315,12 @@ async fn tls_acme_server_down_at_start_keeps_serving_and_retries() {
          down (retry_base_s = 1)\n{}",
         proxy.logs()
     );
-    let entry = proxy.cert(HOST).await;
+    let entry = proxy.cert(NEW_HOST).await;
     assert!(
         entry["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "/v1/certs shows no last_error while the ACME server is down: {entry}"
     );
+    let entry = proxy.cert(HOST).await;
     assert_eq!(entry["serial"], old.as_str(), "{entry}");
     // Still serving the existing certificate, on a fresh connection.
     let mut conn = TlsConn::connect(
@@ -334,20 +337,22 @@ async fn tls_acme_server_down_at_start_keeps_serving_and_retries() {
     // The ACME server comes back: a retry succeeds.
     pebble.start_pebble().await;
     let started = Instant::now();
-    let renewed = proxy
-        .wait_cert(HOST, ISSUE_TIMEOUT, "a successful renewal", |e| {
-            has_cert(e) && e["serial"] != old.as_str() && e["last_error"].is_null()
+    let issued = proxy
+        .wait_cert(NEW_HOST, ISSUE_TIMEOUT, "a successful retry", |e| {
+            has_cert(e) && e["last_error"].is_null()
         })
         .await;
     eprintln!(
-        "renewed {} after the ACME server came back in {:?}",
-        renewed["serial"],
+        "issued {} after the ACME server came back in {:?}",
+        issued["serial"],
         started.elapsed()
     );
     assert!(acme_orders(&proxy, "ok").await >= 1.0);
-    // The restarted Pebble has a new issuing root; the new certificate chains to it.
+    // The restarted Pebble has a new issuing root; the new certificate chains to it, and the
+    // old host still serves its first certificate.
     let second_root = pebble.issuing_root().await;
-    https_get_ok(&proxy, &second_root, HOST, "/after-renewal").await;
+    https_get_ok(&proxy, &second_root, NEW_HOST, "/after-retry").await;
+    https_get_ok(&proxy, &first_root, HOST, "/old-cert-still").await;
 }
 
 /// switchyard with the internal CA for `host`, started in a fresh directory.
