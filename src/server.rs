@@ -224,8 +224,12 @@ impl ShutdownSignalWatch for Signals {
                 }
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
-                    // Errors are logged by the controller; the old config keeps serving.
-                    let _ = self.controller.reload().await;
+                    // Errors are logged by the controller; the old config keeps serving. The
+                    // reload runs beside this loop so a SIGTERM is never kept waiting.
+                    let controller = self.controller.clone();
+                    tokio::spawn(async move {
+                        let _ = controller.reload().await;
+                    });
                 }
             }
         }

@@ -1,8 +1,7 @@
 //! The admin API's bearer token: created on first start with 32 random bytes (hex), mode
 //! 0600, and compared in constant time.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use subtle::ConstantTimeEq;
@@ -31,14 +30,8 @@ pub fn load_or_create(path: &Path) -> std::io::Result<String> {
     }
     let bytes: [u8; 32] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(token.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
+    // Atomic, so a crash never leaves an empty token file that blocks the next start.
+    crate::store::write_atomic(path, format!("{token}\n").as_bytes(), 0o600)?;
     tracing::info!(path = %path.display(), "created the admin API token");
     Ok(token)
 }
@@ -46,9 +39,11 @@ pub fn load_or_create(path: &Path) -> std::io::Result<String> {
 /// Checks an `Authorization` header value against the token, in constant time.
 pub fn authorized(header: Option<&[u8]>, token: &str) -> bool {
     let Some(value) = header else { return false };
-    let Some(given) = value.strip_prefix(b"Bearer ") else {
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
         return false;
-    };
+    }
+    let given = &value[7..];
     let given = given.trim_ascii();
     given.len() == token.len() && bool::from(given.ct_eq(token.as_bytes()))
 }
@@ -71,6 +66,7 @@ mod tests {
     #[test]
     fn bearer_check() {
         assert!(authorized(Some(b"Bearer abc"), "abc"));
+        assert!(authorized(Some(b"bearer abc"), "abc"));
         assert!(!authorized(Some(b"Bearer abd"), "abc"));
         assert!(!authorized(Some(b"Bearer ab"), "abc"));
         assert!(!authorized(Some(b"abc"), "abc"));

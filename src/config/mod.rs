@@ -527,15 +527,39 @@ impl Validator<'_> {
             access_log = l.access.unwrap_or(false);
         }
 
+        let tls_loc = tls.as_ref().map(|(f, t)| (*f, t.span()));
         let tls = tls.and_then(|(f, t)| self.tls(f, t, base_dir));
-        if tls.is_some() && https.is_none() {
-            if let Some((f, l)) = &listen {
-                self.at(
-                    *f,
-                    l,
+        if let (Some(tls), Some((f, span))) = (&tls, tls_loc) {
+            if https.is_none() {
+                self.push(
+                    f,
+                    span.clone(),
                     "listen.https",
                     "[tls] is set but listen.https is not",
                 );
+            }
+            if tls.issuer == Issuer::Acme && tls.challenge == Challenge::Http01 && http.is_none() {
+                self.push(
+                    f,
+                    span,
+                    "tls.challenge",
+                    "http-01 is answered on listen.http, which is not set (set it, or use \"tls-alpn-01\")",
+                );
+            }
+        }
+        // Two listeners on one address would split connections between them at random.
+        if let Some((f, l)) = &listen {
+            let named = [
+                ("listen.http", http),
+                ("listen.https", https),
+                ("listen.admin", admin_addr),
+            ];
+            for (i, (ka, a)) in named.iter().enumerate() {
+                for (kb, b) in &named[i + 1..] {
+                    if a.is_some() && a == b {
+                        self.at(*f, l, kb, format!("{kb} is the same address as {ka}"));
+                    }
+                }
             }
         }
 
@@ -553,7 +577,13 @@ impl Validator<'_> {
         for (i, (f, r)) in routes.iter().enumerate() {
             let key = format!("route[{i}]");
             let rr = r.get_ref();
-            let host = rr.host.get_ref().trim().to_ascii_lowercase();
+            // A trailing dot (the DNS root) is dropped, as requests' hosts are matched without it.
+            let host = rr
+                .host
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
             if let Err(m) = check_host(&host) {
                 self.at(*f, &rr.host, &format!("{key}.host"), m);
                 continue;
@@ -734,6 +764,9 @@ impl Validator<'_> {
             if !(100..=599).contains(&expect) {
                 let at = smr.expect_status.as_ref().unwrap();
                 self.at(f, at, &format!("{sk}.expect_status"), "not an HTTP status");
+            }
+            if let Some(t) = smr.timeout_ms.as_ref().filter(|t| *t.get_ref() == 0) {
+                self.at(f, t, &format!("{sk}.timeout_ms"), "must be greater than 0");
             }
             smoke.push(SmokeCheck {
                 path: smr.path.get_ref().clone(),

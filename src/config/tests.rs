@@ -177,3 +177,18 @@ fn syntax_error_has_a_line() {
     let e = errors("[listen\nhttp = 1\n");
     assert_eq!(e[0].line, 1);
 }
+
+#[test]
+fn listeners_on_one_address_and_http01_without_http_are_refused() {
+    let e = errors("[listen]\nhttp = \"127.0.0.1:9901\"\n");
+    assert!(e[0].message.contains("same address"), "{}", e[0]);
+    let text = "[listen]\nhttps = \"127.0.0.1:8443\"\n[tls]\nissuer = \"acme\"\n";
+    let e = errors(text);
+    assert_eq!(e[0].key, "tls.challenge", "{e:?}");
+}
+
+#[test]
+fn trailing_dot_hosts_are_normalised() {
+    let text = BASE.replace("Example.com", "Example.com.");
+    assert_eq!(load(&text).unwrap().routes[0].host, "example.com");
+}
