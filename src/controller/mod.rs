@@ -63,6 +63,10 @@ pub struct Controller {
     certs: std::sync::OnceLock<Option<Arc<CertManager>>>,
     store: Box<dyn StateStore>,
     inner: tokio::sync::Mutex<Inner>,
+    /// Serialises the API's release commands end to end (smoke checks included), so the
+    /// short `inner` lock is never held across network calls and the SLO watch is never
+    /// kept waiting by another release's smoke checks.
+    release_lock: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     /// service → an alarm the controller raised and could not act on (shown in status).
     alarms: std::sync::Mutex<BTreeMap<String, String>>,
@@ -150,6 +154,7 @@ impl Controller {
                 state,
                 watches,
             }),
+            release_lock: tokio::sync::Mutex::new(()),
             client,
             alarms: std::sync::Mutex::new(BTreeMap::new()),
         }))
@@ -299,23 +304,43 @@ impl Controller {
     }
 
     pub async fn switch(&self, req: SwitchRequest) -> Result<ReleaseResponse, ApiError> {
-        let mut inner = self.inner.lock().await;
-        let services = Self::targets(&inner.config, &req.services)?;
-        let cmd = Command::Switch {
-            services: services.clone(),
-            to: req.color,
+        let _release = self.release_lock.lock().await;
+        let (cmd, moving) = {
+            let inner = self.inner.lock().await;
+            let services = Self::targets(&inner.config, &req.services)?;
+            let cmd = Command::Switch {
+                services,
+                to: req.color,
+            };
+            let (_, changes) = inner
+                .state
+                .releases
+                .apply(&cmd)
+                .map_err(|r| ApiError::new(409, r.to_string()))?;
+            let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
+            (cmd, moving)
         };
-        let (next, changes) = inner
-            .state
-            .releases
-            .apply(&cmd)
-            .map_err(|r| ApiError::new(409, r.to_string()))?;
-        let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
+        // Smoke checks without the state lock: the SLO watch keeps running meanwhile.
         let smoke = if req.skip_smoke || moving.is_empty() {
             Vec::new()
         } else {
             self.run_smoke(&moving, req.color).await
         };
+        let mut inner = self.inner.lock().await;
+        // The watch may have acted during the checks: apply again, and refuse if a service
+        // would now move that was not checked.
+        let (next, changes) = inner
+            .state
+            .releases
+            .apply(&cmd)
+            .map_err(|r| ApiError::new(409, r.to_string()))?;
+        if !req.skip_smoke && changes.iter().any(|c| !moving.contains(&c.service)) {
+            return Err(ApiError::new(
+                409,
+                "the release state changed during the smoke checks: nothing changed, try again",
+            ));
+        }
+        let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
         let failures: Vec<SmokeResult> = smoke.iter().filter(|r| !r.ok).cloned().collect();
         if !failures.is_empty() {
             for s in &moving {
@@ -373,6 +398,7 @@ impl Controller {
     }
 
     pub async fn rollback(&self, req: RollbackRequest) -> Result<ReleaseResponse, ApiError> {
+        let _release = self.release_lock.lock().await;
         let mut inner = self.inner.lock().await;
         let mut services = Self::targets(&inner.config, &req.services)?;
         if req.services.is_empty() {
@@ -533,20 +559,24 @@ impl Controller {
     }
 
     pub async fn canary(&self, req: CanaryRequest) -> Result<ReleaseResponse, ApiError> {
-        let mut inner = self.inner.lock().await;
-        let services = Self::targets(&inner.config, &req.services)?;
-        let cmd = Command::StartCanary {
-            services: services.clone(),
-            color: req.color,
-            steps: req.steps.clone(),
-            interval_s: req.interval_s.max(1),
+        let _release = self.release_lock.lock().await;
+        let (services, cmd) = {
+            let inner = self.inner.lock().await;
+            let services = Self::targets(&inner.config, &req.services)?;
+            let cmd = Command::StartCanary {
+                services: services.clone(),
+                color: req.color,
+                steps: req.steps.clone(),
+                interval_s: req.interval_s.max(1),
+            };
+            // Refusals (a canary running, the color already active, bad steps) before smoke.
+            inner
+                .state
+                .releases
+                .apply(&cmd)
+                .map_err(|r| ApiError::new(409, r.to_string()))?;
+            (services, cmd)
         };
-        // Refusals (a canary running, the color already active, bad steps) before smoke.
-        inner
-            .state
-            .releases
-            .apply(&cmd)
-            .map_err(|r| ApiError::new(409, r.to_string()))?;
         let smoke = if req.skip_smoke {
             Vec::new()
         } else {
@@ -573,6 +603,7 @@ impl Controller {
                 },
             });
         }
+        let mut inner = self.inner.lock().await;
         self.apply_and_commit(
             &mut inner,
             &cmd,
@@ -603,6 +634,7 @@ impl Controller {
     }
 
     pub async fn promote(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
+        let _release = self.release_lock.lock().await;
         let mut inner = self.inner.lock().await;
         let services = Self::canary_targets(&inner, &req.services)?;
         let changes = self.apply_and_commit(
@@ -635,6 +667,7 @@ impl Controller {
     }
 
     pub async fn abort(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
+        let _release = self.release_lock.lock().await;
         let mut inner = self.inner.lock().await;
         let services = Self::canary_targets(&inner, &req.services)?;
         self.apply_and_commit(
