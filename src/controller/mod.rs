@@ -303,6 +303,47 @@ impl Controller {
         })
     }
 
+    /// Refuses a release whose smoke checks failed: counts and records it, and answers 409
+    /// with every failure (service, backend, path, expected, got).
+    fn refuse_failed_smoke(
+        &self,
+        action: &str,
+        services: &[String],
+        color: Color,
+        smoke: &[SmokeResult],
+        outcome: &str,
+    ) -> Result<(), ApiError> {
+        let failures: Vec<SmokeResult> = smoke.iter().filter(|r| !r.ok).cloned().collect();
+        if failures.is_empty() {
+            return Ok(());
+        }
+        if action == "switch" {
+            for s in services {
+                metrics::global()
+                    .switches
+                    .with_label_values(&[s, "refused"])
+                    .inc();
+            }
+        }
+        self.history_event(HistoryEvent::now(
+            action,
+            services.to_vec(),
+            "refused",
+            json!({ "color": color, "failures": failures }),
+        ));
+        Err(ApiError {
+            status: 409,
+            body: ErrorBody {
+                error: format!(
+                    "{} smoke check(s) failed on {color}: {outcome}",
+                    failures.len()
+                ),
+                failures,
+                ..Default::default()
+            },
+        })
+    }
+
     pub async fn switch(&self, req: SwitchRequest) -> Result<ReleaseResponse, ApiError> {
         let _release = self.release_lock.lock().await;
         let (cmd, moving) = {
@@ -341,33 +382,7 @@ impl Controller {
             ));
         }
         let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
-        let failures: Vec<SmokeResult> = smoke.iter().filter(|r| !r.ok).cloned().collect();
-        if !failures.is_empty() {
-            for s in &moving {
-                metrics::global()
-                    .switches
-                    .with_label_values(&[s, "refused"])
-                    .inc();
-            }
-            self.history_event(HistoryEvent::now(
-                "switch",
-                moving,
-                "refused",
-                json!({ "to": req.color, "failures": failures }),
-            ));
-            return Err(ApiError {
-                status: 409,
-                body: ErrorBody {
-                    error: format!(
-                        "{} smoke check(s) failed on {}: nothing changed",
-                        failures.len(),
-                        req.color
-                    ),
-                    failures,
-                    ..Default::default()
-                },
-            });
-        }
+        self.refuse_failed_smoke("switch", &moving, req.color, &smoke, "nothing changed")?;
         self.commit(
             &mut inner,
             next,
@@ -582,27 +597,7 @@ impl Controller {
         } else {
             self.run_smoke(&services, req.color).await
         };
-        let failures: Vec<SmokeResult> = smoke.iter().filter(|r| !r.ok).cloned().collect();
-        if !failures.is_empty() {
-            self.history_event(HistoryEvent::now(
-                "canary",
-                services,
-                "refused",
-                json!({ "color": req.color, "failures": failures }),
-            ));
-            return Err(ApiError {
-                status: 409,
-                body: ErrorBody {
-                    error: format!(
-                        "{} smoke check(s) failed on {}: no canary started",
-                        failures.len(),
-                        req.color
-                    ),
-                    failures,
-                    ..Default::default()
-                },
-            });
-        }
+        self.refuse_failed_smoke("canary", &services, req.color, &smoke, "no canary started")?;
         let mut inner = self.inner.lock().await;
         self.apply_and_commit(
             &mut inner,
