@@ -6,8 +6,10 @@
 #   LIB_TAG        prefix of log lines (default: bench)
 #   READY_TIMEOUT  seconds wait_ready waits for a process (default 30)
 #   KEEP_TMP       1 = keep the temp dir at exit (it is always kept on failure)
+#   FREE_PORT_MIN  lowest port free_port hands out (default 10000)
 # lib_init NAME creates the temp dir $TMP and installs the exit trap, which stops every
-# process registered in PIDS (start_bg/start_nginx do that) and a running wrk.
+# process registered in PIDS (start_bg/start_nginx do that), a running wrk (run_wrk) or
+# bounded tool (run_timed), and runs the commands of ON_EXIT_FIRST / ON_EXIT_KEEP.
 
 LIB_TAG=${LIB_TAG:-bench}
 READY_TIMEOUT=${READY_TIMEOUT:-30}
@@ -54,6 +56,21 @@ ensure_built() {
   local bin=$1
   shift
   [[ -x $bin ]] && return 0
+  cargo_release "$bin" "$@"
+}
+
+# ensure_fresh SRC PATH CARGO-ARGS... — ensure_built, and also rebuild when SRC is newer than
+# PATH (for a scenario's own tool in examples/, which changes with the scenario)
+ensure_fresh() {
+  local src=$1 bin=$2
+  shift 2
+  if [[ -x $bin && $src -nt $bin ]]; then cargo_release "$bin" "$@"; else ensure_built "$bin" "$@"; fi
+}
+
+# cargo_release PATH CARGO-ARGS... — cargo build --release CARGO-ARGS, then PATH must exist
+cargo_release() {
+  local bin=$1
+  shift
   command -v cargo >/dev/null 2>&1 || die "$bin missing and cargo not found"
   log "building: cargo build --release $* (waits if another cargo holds the lock) …"
   (cd "$LIB_REPO" && timeout "${BUILD_TIMEOUT:-3600}" cargo build --release "$@") ||
@@ -78,6 +95,9 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 # ---------------------------------------------------------------- temp dir, processes, cleanup
 PIDS=()   # every long-running process we started
 WRK_PID=  # the wrk (under timeout) running now, if any
+FG_PID=   # the tool run_timed runs now, if any
+ON_EXIT_FIRST=() # commands the exit trap runs before it stops the processes
+ON_EXIT_KEEP=()  # commands the exit trap runs, after stopping them, when the temp dir is kept
 
 lib_init() { # NAME
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
@@ -110,6 +130,11 @@ stop_pids() {
 # stop_started PID... — stop_pids, then forget them (so the exit trap never signals a reused pid)
 stop_started() {
   stop_pids "$@"
+  forget_pids "$@"
+}
+
+# forget_pids PID... — drop them from PIDS (processes already waited for)
+forget_pids() {
   local keep=() p q gone
   for p in "${PIDS[@]}"; do
     gone=0
@@ -122,13 +147,17 @@ stop_started() {
 lib_cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  if [[ -n ${WRK_PID:-} ]]; then
-    kill -TERM "$WRK_PID" 2>/dev/null || true # timeout(1) passes it on to wrk
-    wait "$WRK_PID" 2>/dev/null || true
-  fi
+  local cmd p
+  for cmd in "${ON_EXIT_FIRST[@]}"; do eval "$cmd" || true; done
+  for p in "${WRK_PID:-}" "${FG_PID:-}"; do
+    [[ -n $p ]] || continue
+    kill -TERM "$p" 2>/dev/null || true # timeout(1) passes it on to wrk / the tool
+    wait "$p" 2>/dev/null || true
+  done
   stop_pids "${PIDS[@]}"
   if [[ -n ${TMP:-} ]]; then
     if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
+      for cmd in "${ON_EXIT_KEEP[@]}"; do eval "$cmd" || true; done
       log "temp dir kept: $TMP"
     else
       rm -rf "$TMP"
@@ -151,7 +180,7 @@ start_bg() {
 # outgoing connections and of "bind to port 0" come from — a concurrent test suite or wrk
 # could take a port there between our check and the bind).
 free_port() {
-  local p lo _hi lo_port=10000 hi_port=59999
+  local p lo _hi lo_port=${FREE_PORT_MIN:-10000} hi_port=59999
   read -r lo _hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || lo=0
   if ((lo > lo_port + 1000)); then hi_port=$((lo - 1)); else lo_port=20000; fi
   for _ in $(seq 200); do
@@ -185,6 +214,28 @@ wait_ready() {
   die "$name did not answer on $url within ${READY_TIMEOUT}s"
 }
 
+# wait_until NAME PID LOGFILE WHAT CMD… — run CMD every WAIT_POLL s (default 0.1) until it
+# succeeds, at most READY_TIMEOUT s, else tail LOGFILE and die "NAME WHAT within …s". PID must
+# stay alive meanwhile: if it exits and LOGFILE says "Address already in use", return 1 (a
+# port was taken meanwhile: the caller retries with others), else die.
+wait_until() {
+  local name=$1 pid=$2 logf=$3 what=$4
+  shift 4
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      grep -q 'Address already in use' "$logf" 2>/dev/null &&
+        { log "a port was taken meanwhile; retrying with others"; return 1; }
+      tail -n 30 "$logf" >&2 || true
+      die "$name (pid $pid) exited during start"
+    fi
+    "$@" && return 0
+    sleep "${WAIT_POLL:-0.1}"
+  done
+  tail -n 30 "$logf" >&2 || true
+  die "$name $what within ${READY_TIMEOUT}s"
+}
+
 # check_ok NAME LOGFILE URL [CURL-ARGS…] — one request must come back 200 "ok"
 check_ok() {
   local name=$1 logf=$2 url=$3 out code body
@@ -200,16 +251,16 @@ check_ok() {
 }
 
 # ---------------------------------------------------------------- nginx
-nginx_common() { # DIR: pid/temp paths inside it, error log to a file
+nginx_common() { # DIR [WORKER_CONNECTIONS (4096)]: pid/temp paths inside DIR, error log to a file
   cat <<EOF
 daemon off;
 master_process on;
 pid $1/nginx.pid;
 error_log $1/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections ${2:-4096}; }
 EOF
 }
-nginx_http_common() { # DIR
+nginx_http_common() { # DIR [KEEPALIVE_TIMEOUT (75s)]
   cat <<EOF
     access_log off;
     default_type text/plain;
@@ -218,7 +269,7 @@ nginx_http_common() { # DIR
     fastcgi_temp_path $1/fastcgi;
     uwsgi_temp_path $1/uwsgi;
     scgi_temp_path $1/scgi;
-    keepalive_timeout 75s;
+    keepalive_timeout ${2:-75s};
     keepalive_requests 1000000;
 EOF
 }
@@ -294,6 +345,19 @@ run_wrk() {
   wait "$WRK_PID" || rc=$?
   WRK_PID=
   ((rc == 0)) || { cat "$out" >&2; die "wrk failed (exit $rc): wrk $*"; }
+}
+
+# run_timed OUTFILE SECONDS CMD… — timeout SECONDS CMD, stdout+stderr to OUTFILE, in the
+# background + wait (INT/TERM reach the trap at once; the exit trap stops it). Sets RUN_RC
+# (124: timed out).
+run_timed() {
+  local out=$1 secs=$2
+  shift 2
+  timeout "$secs" "$@" >"$out" 2>&1 &
+  FG_PID=$!
+  RUN_RC=0
+  wait "$FG_PID" || RUN_RC=$?
+  FG_PID=
 }
 
 # parse_wrk OUTFILE — sets W_REQS W_RPS W_P50 W_P99 (µs; needs --latency) W_ERRS

@@ -47,105 +47,28 @@ READY_TIMEOUT=${READY_TIMEOUT:-30}
 KEEP_TMP=${KEEP_TMP:-0}
 SW_LOG=${SW_LOG:-warn}
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LIB_TAG=rollback-time
+# shellcheck source=loadtests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+REPO=$LIB_REPO
 SW_BIN=${SW_BIN:-$REPO/target/release/switchyard}
 TOOL_BIN=${TOOL_BIN:-$REPO/target/release/examples/rollback_time}
 
-for v in REPS RATE CONNS MIN_REQUESTS WATCH_S WARM_MS TAIL_MS TIMEOUT_S THREADS READY_TIMEOUT; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
-done
+require_uint REPS RATE CONNS MIN_REQUESTS WATCH_S WARM_MS TAIL_MS TIMEOUT_S THREADS READY_TIMEOUT
 for w in $WINDOWS; do [[ $w =~ ^[0-9]+$ ]] && ((w >= 1 && w <= 600)) || { echo "WINDOWS: '$w' is not 1..600" >&2; exit 2; }; done
 for s in $SHARES; do [[ $s =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "SHARES: '$s' is not a percentage" >&2; exit 2; }; done
 [[ $MAX_ERROR_RATE =~ ^[0-9]*[.]?[0-9]+$ ]] || { echo "MAX_ERROR_RATE must be a number (got '$MAX_ERROR_RATE')" >&2; exit 2; }
 ((REPS >= 1 && RATE >= 1 && CONNS >= 1 && THREADS >= 1)) || { echo "REPS, RATE, CONNS, THREADS must be >= 1" >&2; exit 2; }
 ((REPS <= 50 && RATE <= 100000)) || { echo "REPS <= 50 and RATE <= 100000, please" >&2; exit 2; }
 
-log() { printf '[rollback-time] %s\n' "$*" >&2; }
-die() { printf '[rollback-time] ERROR: %s\n' "$*" >&2; exit 1; }
-
 # ---------------------------------------------------------------- tools + binaries
-ensure_tools() {
-  local missing=()
-  command -v curl >/dev/null 2>&1 || missing+=(curl)
-  ((${#missing[@]} == 0)) && return 0
-  log "installing: ${missing[*]}"
-  local sudo=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 || die "need root (or sudo) to apt-get install ${missing[*]}"
-    sudo=(sudo)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get install -y "${missing[@]}" ||
-    { "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y "${missing[@]}"; } ||
-    die "apt-get install ${missing[*]} failed"
-}
-
-ensure_binaries() {
-  local need=0
-  [[ -x $SW_BIN && -x $TOOL_BIN ]] || need=1
-  # the tool is part of this scenario: rebuild it when its source changed
-  [[ -x $TOOL_BIN && $REPO/examples/rollback_time.rs -nt $TOOL_BIN ]] && need=1
-  ((need)) || return 0
-  command -v cargo >/dev/null 2>&1 || die "binaries missing and cargo not found"
-  log "building (cargo build --release --bins --examples; waits if another build holds the cargo lock) …"
-  (cd "$REPO" && timeout "${BUILD_TIMEOUT:-3600}" cargo build --release --bins --examples) ||
-    die "cargo build --release --bins --examples failed"
-  [[ -x $SW_BIN && -x $TOOL_BIN ]] || die "binaries still missing after the build"
-}
-
-ensure_tools
-ensure_binaries
+ensure_pkgs curl:curl
+ensure_built "$SW_BIN" --bins --examples
+# the tool is part of this scenario: rebuild it when its source changed
+ensure_fresh "$REPO/examples/rollback_time.rs" "$TOOL_BIN" --bins --examples
 
 # ---------------------------------------------------------------- temp dir + cleanup
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/rollback-time.XXXXXX")
-PIDS=() # switchyard processes
-TOOL_PID=
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local p
-  if [[ -n $TOOL_PID ]]; then
-    kill -TERM "$TOOL_PID" 2>/dev/null || true
-    wait "$TOOL_PID" 2>/dev/null || true
-  fi
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null || true; done
-  if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
-    log "temp dir kept: $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Ports below the kernel's ephemeral range, so that no outgoing connection (of this test or
-# of anything else running on the machine) can be holding the port we pick.
-EPH_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-((EPH_LOW > 12000)) || EPH_LOW=32768
-declare -A USED_PORTS=()
-free_port() { # a loopback port nobody listens on (random in 10000..EPH_LOW-1)
-  local p
-  for _ in $(seq 200); do
-    p=$((10000 + RANDOM % (EPH_LOW - 10000)))
-    [[ -n ${USED_PORTS[$p]:-} ]] && continue
-    if ! (: <"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      USED_PORTS[$p]=1
-      echo "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
+lib_init rollback-time
 
 # ---------------------------------------------------------------- one setting
 # start_switchyard DIR WINDOW: config + start + wait for /health and the token.
@@ -181,31 +104,14 @@ green = ["127.0.0.1:$GREEN_PORT"]
 slo = { max_error_rate = $MAX_ERROR_RATE, window_s = $window, min_requests = $MIN_REQUESTS, watch_s = $WATCH_S }
 EOF
   echo "+ (cd $dir && SWITCHYARD_LOG=$SW_LOG $SW_BIN run --config $dir/sw.toml)"
-  (cd "$dir" && SWITCHYARD_LOG=$SW_LOG exec "$SW_BIN" run --config "$dir/sw.toml") >"$dir/switchyard.log" 2>&1 &
-  SW_PID=$!
-  PIDS+=("$SW_PID")
-  local deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! kill -0 "$SW_PID" 2>/dev/null; then
-      grep -q 'Address already in use' "$dir/switchyard.log" && { log "a port was taken meanwhile; retrying with others"; return 1; }
-      tail -n 30 "$dir/switchyard.log" >&2 || true
-      die "switchyard exited during start"
-    fi
-    [[ -s $dir/state/admin.token ]] && curl -sf -m 1 -o /dev/null "http://127.0.0.1:$ADMIN_PORT/health" && return 0
-    sleep 0.1
-  done
-  tail -n 30 "$dir/switchyard.log" >&2 || true
-  die "switchyard did not answer on its admin port within ${READY_TIMEOUT}s"
+  start_bg "$dir/switchyard.log" env -C "$dir" SWITCHYARD_LOG="$SW_LOG" "$SW_BIN" run --config "$dir/sw.toml"
+  SW_PID=$STARTED_PID
+  wait_until switchyard "$SW_PID" "$dir/switchyard.log" "did not answer on its admin port" sw_ready "$dir" ||
+    { forget_pids "$SW_PID"; return 1; }
 }
 
-stop_switchyard() { # SIGTERM, bounded wait, then KILL
-  kill -TERM "$SW_PID" 2>/dev/null || true
-  for _ in $(seq 50); do
-    kill -0 "$SW_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$SW_PID" 2>/dev/null || true
-  wait "$SW_PID" 2>/dev/null || true
+sw_ready() { # DIR: the admin token is written and the admin /health answers 2xx
+  [[ -s $1/state/admin.token ]] && curl -sf -m 1 -o /dev/null "http://127.0.0.1:$ADMIN_PORT/health"
 }
 
 RESULTS=$TMP/results.tsv
@@ -215,8 +121,8 @@ n_settings=$(($(wc -w <<<"$WINDOWS") * $(wc -w <<<"$SHARES")))
 # per repetition: warm-up + detection + tail + 1.2 s pause; plus start/stop per setting
 est=$((n_settings * (REPS * (WARM_MS + TAIL_MS + 1700) / 1000 + 3)))
 
-echo "== rollback-time: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cpu(s), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== switchyard $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no-commit')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo '+dirty'), built $(date -u -r "$SW_BIN" +%Y-%m-%dT%H:%MZ)"
+echo "== rollback-time: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cpu(s), load average $(loadavg)"
+echo "== switchyard $(git_rev), built $(date -u -r "$SW_BIN" +%Y-%m-%dT%H:%MZ)"
 echo "== windows [$WINDOWS] s x green error share [$SHARES] %, $REPS rep(s) each, $RATE req/s over $CONNS connections, max_error_rate $MAX_ERROR_RATE, min_requests $MIN_REQUESTS (about ${est}s)"
 
 for window in $WINDOWS; do
@@ -236,11 +142,8 @@ for window in $WINDOWS; do
       --timeout-s "$TIMEOUT_S" --service web --window-s "$window" --results "$RESULTS")
     echo "+ ${cmd[*]}"
     budget=$((REPS * (WARM_MS + TAIL_MS + 1200 + TIMEOUT_S * 1000) / 1000 + 30))
-    rc=0
-    timeout "$budget" "${cmd[@]}" >"$dir/tool.out" 2>&1 &
-    TOOL_PID=$!
-    wait "$TOOL_PID" || rc=$?
-    TOOL_PID=
+    run_timed "$dir/tool.out" "$budget" "${cmd[@]}"
+    rc=$RUN_RC
     cat "$dir/tool.out"
     # switchyard's log, colors stripped: the rollbacks are logged at error level ("SLO breached");
     # pingora's "failed to acquire reusable stream" is a benign race in its upstream pool
@@ -258,7 +161,7 @@ for window in $WINDOWS; do
       tail -n 20 "$dir/switchyard.log" >&2 || true
       KEEP_TMP=1
     fi
-    stop_switchyard
+    stop_started "$SW_PID"
   done
 done
 
@@ -289,5 +192,5 @@ cmp_row "Flagger" "interval 10s, threshold 10 (tutorials)" "~100 s" 100
 cmp_row "Flagger" "interval 10s, threshold 1 (about the fastest)" "~10 s" 10
 echo "   (Argo: failureLimit = failed measurements tolerated before the run fails, default 0. Flagger:"
 echo "   threshold = failed checks before rollback; interval defaults to 60 s.)"
-echo "== load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== load average at the end: $(loadavg)"
 ((failed_settings == 0)) || die "$failed_settings setting(s) had a repetition without rollback or an error; see above and $TMP"

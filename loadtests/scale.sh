@@ -53,33 +53,24 @@ KEEP_TMP=${KEEP_TMP:-0}
 LIVE_HOST=h0.scale.test   # the route whose backend is up
 ADDED_HOST=added.scale.test # only in the second config variant: proves a reload took effect
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LIB_TAG=scale
+FREE_PORT_MIN=20000 # 10000.. are the (down) backends of the generated services
+# shellcheck source=loadtests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+REPO=$LIB_REPO
 SW_BIN=${SW_BIN:-$REPO/target/release/switchyard}
 
-for v in ROUTES SERVICES CONNS CHECKS STARTS IDLE_RELOADS RELOADS RELOAD_GAP WRK_CONNS THREADS NGINX_CMP \
-  OPEN_CONCURRENCY SETTLE REOPEN NOFILE READY_TIMEOUT; do
-  [[ ${!v} =~ ^[0-9]+$ ]] || { echo "$v must be a non-negative integer (got '${!v}')" >&2; exit 2; }
-done
+require_uint ROUTES SERVICES CONNS CHECKS STARTS IDLE_RELOADS RELOADS RELOAD_GAP WRK_CONNS THREADS NGINX_CMP \
+  OPEN_CONCURRENCY SETTLE REOPEN NOFILE READY_TIMEOUT
 ((ROUTES >= 1 && SERVICES >= 1 && CONNS >= 1 && CHECKS >= 1 && STARTS >= 1 && THREADS >= 1 && WRK_CONNS >= 1)) ||
   { echo "ROUTES, SERVICES, CONNS, CHECKS, STARTS, THREADS, WRK_CONNS must be >= 1" >&2; exit 2; }
 ((10000 + 2 * SERVICES < 20000)) || { echo "SERVICES must be < 5000" >&2; exit 2; }
 
-log() { printf '[scale] %s\n' "$*" >&2; }
-die() { printf '[scale] ERROR: %s\n' "$*" >&2; exit 1; }
 say() { printf '%s\n' "$*" | tee -a "$REPORT"; } # a result line: stdout + report file
 
 # ---------------------------------------------------------------- tools, limits
-missing=()
-for t in nginx wrk curl python3 ss; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
-if ((${#missing[@]})); then
-  pkgs=("${missing[@]/ss/iproute2}")
-  log "installing: ${pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y "${pkgs[@]}" >/dev/null ||
-    { apt-get update >/dev/null && apt-get install -y "${pkgs[@]}" >/dev/null; } ||
-    die "apt-get install ${pkgs[*]} failed"
-fi
-[[ -x $SW_BIN ]] || die "$SW_BIN missing: cargo build --release --bins first"
+ensure_pkgs nginx:nginx wrk:wrk curl:curl python3:python3 ss:iproute2
+ensure_built "$SW_BIN" --bins
 
 # Each side of 10,000 connections needs 10,000 descriptors (the client and the proxy are
 # separate processes; the limit is inherited by both).
@@ -88,65 +79,15 @@ FD_LIMIT=$(ulimit -n)
 ((FD_LIMIT > CONNS + 500)) || die "ulimit -n is $FD_LIMIT (hard $(ulimit -Hn)); need > $((CONNS + 500))"
 
 # ---------------------------------------------------------------- temp dir + cleanup
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/scale.XXXXXX")
-chmod 755 "$TMP" # nginx workers may run as an unprivileged user
+lib_init scale
 REPORT=$TMP/report.txt
 : >"$REPORT"
-PIDS=() # every long-lived process we started (nginx masters, switchyard, loops, clients)
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local p
-  touch "$TMP/stop" "$TMP/release" 2>/dev/null || true # tells the curl loop / clients to end
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for p in "${PIDS[@]}"; do
-    if kill -0 "$p" 2>/dev/null; then
-      pkill -KILL -P "$p" 2>/dev/null || true # its children (nginx workers)
-      kill -KILL "$p" 2>/dev/null || true
-    fi
-  done
-  if [[ $KEEP_TMP == 1 || $rc != 0 ]]; then
-    # a switchyard stuck in an accept-error loop writes ~90 MB/s of log: keep the head only
-    find "$TMP" -name '*.log' -size +50M -exec truncate -s 50M {} + 2>/dev/null || true
-    log "temp dir kept: $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# PIDS: every long-lived process we started (nginx masters, switchyard, loops, clients)
+ON_EXIT_FIRST+=('touch "$TMP/stop" "$TMP/release" 2>/dev/null') # tells the curl loop / clients to end
+# a switchyard stuck in an accept-error loop writes ~90 MB/s of log: keep the head only
+ON_EXIT_KEEP+=('find "$TMP" -name "*.log" -size +50M -exec truncate -s 50M {} + 2>/dev/null')
 
 # ---------------------------------------------------------------- helpers
-declare -A USED_PORTS=()
-free_port() { # a loopback port nobody listens on (random in 20000-32767: below the ephemeral range)
-  local p
-  for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 12768))
-    [[ -n ${USED_PORTS[$p]:-} ]] && continue
-    if ! (: <"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      USED_PORTS[$p]=1
-      echo "$p"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
-
-forget() { # drop a pid we waited for from PIDS (so cleanup never signals a reused pid)
-  local p keep=()
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
 sw_alive() { # die with a clear message if switchyard is gone
   kill -0 "$SW_PID" 2>/dev/null ||
     { tail -n 20 "$SW_DIR/switchyard.log" >&2; die "switchyard (pid $SW_PID) is gone ($1)"; }
@@ -166,7 +107,6 @@ tree_rss_kib() { # VmRSS of a pid plus its direct children (nginx master + worke
   for c in $(pgrep -P "$1" || true); do total=$((total + $(rss_kib "$c" 2>/dev/null || echo 0))); done
   echo "$total"
 }
-CLK_TCK=$(getconf CLK_TCK)
 cpu_ms() { # utime+stime of one pid (all its threads), ms
   local st
   st=$(<"/proc/$1/stat")
@@ -185,7 +125,7 @@ cpu_split() { # "user/sys" ms of one pid
 }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
 
-median() { # median of the arguments
+median1() { # median of the arguments, one decimal
   printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END {
     if (NR == 0) { print "nan"; exit }
     if (NR % 2) printf "%.1f\n", a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
@@ -200,43 +140,10 @@ status_of() {
   curl -s -o /dev/null -m 5 -w '%{http_code}' -H "Host: $2" "http://127.0.0.1:$1/" || true
 }
 
-nginx_common() { # $1 = dir: pid/temp paths inside it
-  cat <<EOF
-daemon off;
-master_process on;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-worker_rlimit_nofile $FD_LIMIT;
-EOF
-}
-nginx_http_common() {
-  cat <<EOF
-    access_log off;
-    default_type text/plain;
-    client_body_temp_path $1/client_body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
-    keepalive_requests 1000000;
-EOF
-}
-start_nginx() { # dir -> sets STARTED_PID
-  local dir=$1
-  nginx -t -q -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" 2>"$dir/test.log" ||
-    { cat "$dir/test.log" >&2; die "nginx -t failed for $dir"; }
-  nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-}
-wait_status() { # port host want-code pid: poll until GET answers want-code (bounded)
-  local deadline=$((SECONDS + READY_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$4" 2>/dev/null || die "pid $4 exited while waiting for 127.0.0.1:$1"
-    [[ $(status_of "$1" "$2") == "$3" ]] && return 0
-    sleep 0.05
-  done
-  die "127.0.0.1:$1 (Host $2) did not answer $3 within ${READY_TIMEOUT}s"
+status_is() { [[ $(status_of "$1" "$2") == "$3" ]]; } # port host want-code
+wait_status() { # port host want-code pid logfile: poll until GET answers want-code (bounded)
+  WAIT_POLL=0.05 wait_until "127.0.0.1:$1 (Host $2)" "$4" "$5" "did not answer $3" status_is "$1" "$2" "$3" ||
+    die "pid $4 exited while waiting for 127.0.0.1:$1"
 }
 
 # ---------------------------------------------------------------- upstream (the one live backend)
@@ -249,12 +156,11 @@ UP_DIR=$TMP/upstream
 mkdir -p "$UP_DIR"
 {
   nginx_common "$UP_DIR"
+  echo "worker_rlimit_nofile $FD_LIMIT;"
   echo "worker_processes 1;"
-  echo "events { worker_connections 4096; }"
   echo "http {"
-  nginx_http_common "$UP_DIR"
+  nginx_http_common "$UP_DIR" 300s
   cat <<EOF
-    keepalive_timeout 300s;
     server {
         listen 127.0.0.1:$UP_PORT;
         location / { return 200 "ok\n"; }
@@ -262,9 +168,9 @@ mkdir -p "$UP_DIR"
 }
 EOF
 } >"$UP_DIR/nginx.conf"
-start_nginx "$UP_DIR"
+start_nginx upstream "$UP_DIR"
 UP_PID=$STARTED_PID
-wait_status "$UP_PORT" "$LIVE_HOST" 200 "$UP_PID"
+wait_status "$UP_PORT" "$LIVE_HOST" 200 "$UP_PID" "$UP_DIR/error.log"
 
 # ---------------------------------------------------------------- the 10k-route config
 SW_DIR=$TMP/sw
@@ -310,7 +216,7 @@ use_conf() { # v1 | v2: replace the config atomically (rename)
   cp "$SW_DIR/$1.conf" "$CONF.new" && mv -f "$CONF.new" "$CONF"
 }
 
-say "== switchyard scale test — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "== switchyard scale test — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average: $(loadavg)"
 say "   config: $ROUTES routes ($(grep -c '^host = "\*' "$CONF") wildcard, $(grep -c '^path_prefix = "/api/"' "$CONF") with /api/ prefix), $SERVICES releasable services (blue+green), $(du -k "$CONF" | cut -f1) KiB of TOML; threads = $THREADS; ulimit -n $FD_LIMIT"
 
 # ---------------------------------------------------------------- A1. switchyard check
@@ -335,8 +241,8 @@ for i in $(seq "$CHECKS"); do
 done
 peak=""
 [[ -f $TMP/check.time ]] &&
-  peak=", CPU (user+sys) median $(median "${cpus[@]}") ms (runs: ${cpus[*]} ms), peak RSS $(mib "$(tail -n1 "$TMP/check.time" | cut -d' ' -f1)")"
-say "   check: median $(median "${times[@]}") ms (runs: ${times[*]} ms)$peak, exit 0"
+  peak=", CPU (user+sys) median $(median1 "${cpus[@]}") ms (runs: ${cpus[*]} ms), peak RSS $(mib "$(tail -n1 "$TMP/check.time" | cut -d' ' -f1)")"
+say "   check: median $(median1 "${times[@]}") ms (runs: ${times[*]} ms)$peak, exit 0"
 fi
 
 # ---------------------------------------------------------------- A2. start-up
@@ -350,9 +256,8 @@ INT_HANGS=()
 for n in $(seq "$STARTS"); do
   rm -rf "$SW_DIR/state" # a first start each time: no state.json, a new token
   t0=$(now_ms)
-  SWITCHYARD_LOG=warn "$SW_BIN" run --config "$CONF" >"$SW_DIR/switchyard.log" 2>&1 &
-  SW_PID=$!
-  PIDS+=("$SW_PID")
+  SWITCHYARD_LOG=warn start_bg "$SW_DIR/switchyard.log" "$SW_BIN" run --config "$CONF"
+  SW_PID=$STARTED_PID
   deadline=$((SECONDS + READY_TIMEOUT))
   while :; do
     kill -0 "$SW_PID" 2>/dev/null || { tail -n 30 "$SW_DIR/switchyard.log" >&2; die "switchyard exited during start"; }
@@ -364,7 +269,7 @@ for n in $(seq "$STARTS"); do
   t_health=$(now_ms)
   c_h+=("$(cpu_ms "$SW_PID")")
   c_split+=("$(cpu_split "$SW_PID")")
-  wait_status "$SW_HTTP" "$LIVE_HOST" 200 "$SW_PID"
+  wait_status "$SW_HTTP" "$LIVE_HOST" 200 "$SW_PID" "$SW_DIR/switchyard.log"
   t_proxy=$(now_ms)
   t_h+=($((t_health - t0)))
   t_p+=($((t_proxy - t0)))
@@ -376,12 +281,12 @@ for n in $(seq "$STARTS"); do
       kill -KILL "$SW_PID" 2>/dev/null || true
     fi
     wait "$SW_PID" 2>/dev/null || true
-    forget "$SW_PID"
+    forget_pids "$SW_PID"
     : >"$SW_DIR/switchyard.log"
   fi
 done
-say "   wall: /health 200 after median $(median "${t_h[@]}") ms (runs: ${t_h[*]} ms); first proxied 200 after median $(median "${t_p[@]}") ms (runs: ${t_p[*]} ms)"
-say "   CPU time switchyard had used when /health answered: median $(median "${c_h[@]}") ms (runs: ${c_h[*]} ms; user/sys: ${c_split[*]} ms)"
+say "   wall: /health 200 after median $(median1 "${t_h[@]}") ms (runs: ${t_h[*]} ms); first proxied 200 after median $(median1 "${t_p[@]}") ms (runs: ${t_p[*]} ms)"
+say "   CPU time switchyard had used when /health answered: median $(median1 "${c_h[@]}") ms (runs: ${c_h[*]} ms; user/sys: ${c_split[*]} ms)"
 say "   /health: $(tr -d '\n' <"$TMP/health.json")"
 say "   SIGINT between starts: $((STARTS - 1 - ${#INT_HANGS[@]})) of $((STARTS - 1)) exited within 3 s${INT_HANGS[*]:+; STILL RUNNING (killed): ${INT_HANGS[*]}}"
 grep -Eq "\"routes\": *$ROUTES[,}]" "$TMP/health.json" || die "/health does not report $ROUTES routes"
@@ -425,7 +330,7 @@ for i in $(seq "$IDLE_RELOADS"); do
   cpus+=($(($(cpu_ms "$SW_PID") - c0)))
   [[ $variant == v2 ]] && variant=v1 || variant=v2
 done
-((IDLE_RELOADS)) && say "   idle: median $(median "${times[@]}") ms (runs: ${times[*]} ms); switchyard CPU per reload: median $(median "${cpus[@]}") ms (runs: ${cpus[*]} ms)"
+((IDLE_RELOADS)) && say "   idle: median $(median1 "${times[@]}") ms (runs: ${times[*]} ms); switchyard CPU per reload: median $(median1 "${cpus[@]}") ms (runs: ${cpus[*]} ms)"
 
 wrk_summary() { # wrk output file -> "N req, X req/s, p50 .., p99 .., max .., non-2xx/3xx N, socket errors ..."
   awk '
@@ -476,10 +381,10 @@ run_load() { # id label with-reloads(0|1)
     done
   fi
   wait "$wrk_pid" || { sw_alive "during the $id load"; die "wrk failed: $(cat "$TMP/wrk-$id.out")"; }
-  forget "$wrk_pid"
+  forget_pids "$wrk_pid"
   touch "$TMP/stop"
   wait "$loop_pid" || true
-  forget "$loop_pid"
+  forget_pids "$loop_pid"
   local total bad
   total=$(wc -l <"$TMP/curl-$id.codes")
   bad=$(grep -vc '^200$' "$TMP/curl-$id.codes" || true)
@@ -493,7 +398,7 @@ run_load baseline "baseline (no reload):" 0
 BASE_BAD=$LOAD_BAD
 run_load reloads "during $RELOADS reloads:" 1
 RELOAD_BAD=$LOAD_BAD
-say "   reload under load: median $(median "${RELOAD_TIMES[@]}") ms (runs: ${RELOAD_TIMES[*]} ms)"
+say "   reload under load: median $(median1 "${RELOAD_TIMES[@]}") ms (runs: ${RELOAD_TIMES[*]} ms)"
 say "   failed requests: baseline $BASE_BAD, during reloads $RELOAD_BAD (non-2xx + socket errors + curl non-200)"
 RSS_RELOADED=$(rss_kib "$SW_PID")
 say "   RSS: after start $(mib "$RSS_START") -> after $((IDLE_RELOADS + RELOADS)) reloads and load $(mib "$RSS_RELOADED") (VmHWM $(mib "$(hwm_kib "$SW_PID")"))"
@@ -573,7 +478,7 @@ hold_round() { # name port pid rss-function tag: open CONNS, hold, close; sets A
   LINE=$(grep '^READY' "$out")
   touch "$TMP/release"
   wait "$cpid" || true
-  forget "$cpid"
+  forget_pids "$cpid"
   CLOSED_LINE=$(grep '^CLOSED' "$out" | sed 's/^CLOSED //')
   sleep 1
   CLOSED=$($rssf "$pid")
@@ -613,13 +518,12 @@ if ((NGINX_CMP)); then
   NG_DIR=$TMP/nginx
   mkdir -p "$NG_DIR"
   {
-    nginx_common "$NG_DIR"
+    nginx_common "$NG_DIR" $((CONNS + 1000))
+    echo "worker_rlimit_nofile $FD_LIMIT;"
     echo "worker_processes $THREADS;"
-    echo "events { worker_connections $((CONNS + 1000)); }"
     echo "http {"
-    nginx_http_common "$NG_DIR"
+    nginx_http_common "$NG_DIR" 300s
     cat <<EOF
-    keepalive_timeout 300s;
     upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; }
     server {
         listen 127.0.0.1:$NG_PORT;
@@ -633,9 +537,9 @@ if ((NGINX_CMP)); then
 }
 EOF
   } >"$NG_DIR/nginx.conf"
-  start_nginx "$NG_DIR"
+  start_nginx nginx "$NG_DIR"
   NG_PID=$STARTED_PID
-  wait_status "$NG_PORT" "$LIVE_HOST" 200 "$NG_PID"
+  wait_status "$NG_PORT" "$LIVE_HOST" 200 "$NG_PID" "$NG_DIR/error.log"
   say "   (nginx $(nginx -v 2>&1 | sed 's/.*\///'), reverse proxy to the same upstream, worker_processes $THREADS, keepalive_timeout 300s; RSS = master + workers)"
   idle_test nginx "$NG_PORT" "$NG_PID" tree_rss_kib
   say "   switchyard / nginx per connection: $(awk -v s="$SW_PER_CONN" -v n="$PER_CONN" 'BEGIN { if (n > 0) printf "%.1fx", s / n; else print "n/a" }')"
@@ -643,5 +547,5 @@ fi
 fi
 
 say ""
-say "== done; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+say "== done; load average now: $(loadavg)"
 ((BASE_BAD == 0 && RELOAD_BAD == 0)) || die "some requests failed (baseline $BASE_BAD, during reloads $RELOAD_BAD)"
