@@ -826,6 +826,13 @@ impl Controller {
         let snap = self.build(config.clone(), &inner.state)?;
         self.shared.publish(snap);
         if let Some(m) = self.cert_manager() {
+            // Like `nginx -s reload`: certificate files (issuer "files") are read again, and
+            // hosts new to the config get theirs (internal) or are ordered (acme).
+            if let Err(e) = m.prepare(&config) {
+                tracing::warn!(
+                    "certificates after reload: {e:#}; the ones already loaded keep serving"
+                );
+            }
             m.poke();
         }
         let resp = ReloadResponse {
