@@ -798,8 +798,11 @@ async fn switch_wait_drain_waits_for_in_flight_requests() {
         "switch --wait-drain returned after {:?}, before the 1.5 s request on blue finished\n{out}",
         out.elapsed
     );
+    // The proxy counts the request done once it wrote the response; the client task notes
+    // the time only when it is scheduled after reading it, which on a loaded machine can
+    // come a little after releasectl returned. Allow that scheduling slack, no more.
     assert!(
-        finished <= returned,
+        finished <= returned + Duration::from_millis(250),
         "switch --wait-drain returned {:?} before the slow request finished\n{out}",
         finished - returned
     );
