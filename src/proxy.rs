@@ -3,6 +3,7 @@
 //! Per request: one snapshot load, one route lookup, one `Arc` clone of the service, a
 //! round-robin pick. Metrics handles come resolved from the snapshot; nothing here locks.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -334,18 +335,16 @@ impl ProxyHttp for EdgeProxy {
         strip_hop_by_hop(upstream, upgrade)?;
 
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = addr.ip().to_string();
-            let value = match upstream.headers.get(&X_FORWARDED_FOR) {
-                Some(prev) => {
-                    let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(ip.as_bytes());
-                    HeaderValue::from_bytes(&v)
-                        .unwrap_or_else(|_| HeaderValue::from_str(&ip).unwrap())
-                }
-                None => HeaderValue::from_str(&ip).expect("an IP is a valid header value"),
-            };
+            // One buffer, handed to the header without a copy: `prev, ip` or `ip`.
+            let prev = upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
+            let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 45);
+            if let Some(p) = prev {
+                buf.extend_from_slice(p);
+                buf.extend_from_slice(b", ");
+            }
+            let _ = write!(buf, "{}", addr.ip());
+            let value = HeaderValue::from_maybe_shared(Bytes::from(buf))
+                .expect("a header value plus an IP is a valid header value");
             upstream.insert_header(X_FORWARDED_FOR.clone(), value)?;
         }
         let proto = if self.tls { "https" } else { "http" };

@@ -130,19 +130,7 @@ impl ReleaseState {
                     if cur.active == *to {
                         continue;
                     }
-                    changes.push(Change {
-                        service: s.clone(),
-                        from: cur.active,
-                        to: *to,
-                    });
-                    next.services.insert(
-                        s.clone(),
-                        ServiceRelease {
-                            active: *to,
-                            previous: Some(cur.active),
-                            canary: None,
-                        },
-                    );
+                    next.move_to(s, &cur, *to, Some(cur.active), &mut changes);
                 }
             }
             Command::Rollback { services } => {
@@ -154,21 +142,9 @@ impl ReleaseState {
                     let Some(prev) = cur.previous else {
                         return Err(Refusal::NothingToRollBack { service: s.clone() });
                     };
-                    changes.push(Change {
-                        service: s.clone(),
-                        from: cur.active,
-                        to: prev,
-                    });
                     // The release is undone, not swapped: a second rollback must not bring
                     // the bad color back.
-                    next.services.insert(
-                        s.clone(),
-                        ServiceRelease {
-                            active: prev,
-                            previous: None,
-                            canary: None,
-                        },
-                    );
+                    next.move_to(s, &cur, prev, None, &mut changes);
                 }
             }
             Command::StartCanary {
@@ -224,19 +200,7 @@ impl ReleaseState {
                     let Some(c) = &cur.canary else {
                         return Err(Refusal::NoCanary { service: s.clone() });
                     };
-                    changes.push(Change {
-                        service: s.clone(),
-                        from: cur.active,
-                        to: c.color,
-                    });
-                    next.services.insert(
-                        s.clone(),
-                        ServiceRelease {
-                            active: c.color,
-                            previous: Some(cur.active),
-                            canary: None,
-                        },
-                    );
+                    next.move_to(s, &cur, c.color, Some(cur.active), &mut changes);
                 }
             }
             Command::Abort { services } => {
@@ -256,6 +220,30 @@ impl ReleaseState {
             }
         }
         Ok((next, changes))
+    }
+
+    /// Makes `to` the active color of `service` (no canary), recording the change.
+    fn move_to(
+        &mut self,
+        service: &str,
+        cur: &ServiceRelease,
+        to: Color,
+        previous: Option<Color>,
+        changes: &mut Vec<Change>,
+    ) {
+        changes.push(Change {
+            service: service.to_string(),
+            from: cur.active,
+            to,
+        });
+        self.services.insert(
+            service.to_string(),
+            ServiceRelease {
+                active: to,
+                previous,
+                canary: None,
+            },
+        );
     }
 
     /// The services with a canary running.
