@@ -1,4 +1,9 @@
-//! The request path: pingora's `ProxyHttp` over the routing snapshot.
+//! What the proxy decides per request, and pingora's `ProxyHttp` built on it.
+//!
+//! The decisions (route, ACME answer, redirect, color, backend, headers both ways, metrics)
+//! live on `EdgeProxy` as plain functions, shared by the two request paths: `crate::h1`
+//! proxies HTTP/1 clients itself, and pingora-proxy (the `ProxyHttp` impl below) serves
+//! HTTP/2 clients.
 //!
 //! Per request: one snapshot load, one route lookup, one `Arc` clone of the service, a
 //! round-robin pick. Metrics handles come resolved from the snapshot; nothing here locks.
@@ -13,6 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::prelude::HttpPeer;
+use pingora_core::protocols::l4::socket::SocketAddr as ClientAddr;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
@@ -23,8 +29,8 @@ use crate::shared::Shared;
 use crate::snapshot::ServiceRuntime;
 use crate::tls::store::CertStore;
 
-/// How long an idle upstream connection stays in pingora's pool.
-const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection stays in a pool (pingora's and `crate::upstream`).
+pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -43,6 +49,7 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
+#[derive(Clone)]
 pub struct EdgeProxy {
     pub shared: Arc<Shared>,
     /// Set on the HTTPS listener's instance.
@@ -57,7 +64,7 @@ const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 static HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
 /// Counts a request as in flight on its pool until dropped with the request's context.
-struct InflightGuard(Arc<PoolLoad>);
+pub(crate) struct InflightGuard(Arc<PoolLoad>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
@@ -66,7 +73,7 @@ impl Drop for InflightGuard {
 }
 
 /// Counts an upgraded (WebSocket) connection until it closes.
-struct UpgradedGuard(Arc<PoolLoad>);
+pub(crate) struct UpgradedGuard(Arc<PoolLoad>);
 
 impl Drop for UpgradedGuard {
     fn drop(&mut self) {
@@ -75,23 +82,94 @@ impl Drop for UpgradedGuard {
 }
 
 pub struct RequestCtx {
-    start: Instant,
-    service: Option<Arc<ServiceRuntime>>,
+    pub(crate) start: Instant,
+    pub(crate) service: Option<Arc<ServiceRuntime>>,
     /// Index into `service.pools` of the color serving this request.
     pool: usize,
-    retried: bool,
+    pub(crate) retried: bool,
     /// The backend the current attempt goes to.
-    backend: Option<SocketAddr>,
+    pub(crate) backend: Option<SocketAddr>,
     request_id: Option<HeaderValue>,
     hsts: bool,
-    upstream_error: Option<UpstreamErrorKind>,
+    pub(crate) upstream_error: Option<UpstreamErrorKind>,
     _inflight: Option<InflightGuard>,
     _upgraded: Option<UpgradedGuard>,
 }
 
 impl RequestCtx {
-    fn pool(&self) -> Option<&Arc<Pool>> {
+    pub(crate) fn new() -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            service: None,
+            pool: 0,
+            retried: false,
+            backend: None,
+            request_id: None,
+            hsts: false,
+            upstream_error: None,
+            _inflight: None,
+            _upgraded: None,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> Option<&Arc<Pool>> {
         self.service.as_ref().map(|s| &s.pools[self.pool])
+    }
+
+    pub(crate) fn is_upgraded(&self) -> bool {
+        self._upgraded.is_some()
+    }
+
+    /// Counts an upstream error on the request's pool and remembers it for the status.
+    pub(crate) fn upstream_failed(&mut self, kind: UpstreamErrorKind) {
+        if let Some(pool) = self.pool() {
+            pool.metrics.upstream_error(kind);
+        }
+        self.upstream_error = Some(kind);
+    }
+
+    /// Whether a failed connect may be retried once, on another backend of the pool.
+    pub(crate) fn may_retry_elsewhere(&self) -> bool {
+        // With a single backend a retry would only knock on the same closed door.
+        !self.retried && self.pool().is_some_and(|p| p.backends.len() > 1)
+    }
+}
+
+/// A response the proxy gives itself, without an upstream: 404, a redirect, an ACME answer.
+pub(crate) struct LocalResponse {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    pub location: Option<String>,
+}
+
+impl LocalResponse {
+    fn text(status: u16, body: &'static [u8]) -> LocalResponse {
+        LocalResponse {
+            status,
+            content_type: "text/plain",
+            body: Bytes::from_static(body),
+            location: None,
+        }
+    }
+
+    pub(crate) fn header(&self) -> Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(self.status, Some(4))?;
+        resp.insert_header(header::CONTENT_TYPE, self.content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, self.body.len())?;
+        if let Some(loc) = &self.location {
+            resp.insert_header(header::LOCATION, loc.as_str())?;
+        }
+        Ok(resp)
+    }
+}
+
+/// The 502 or 504 an upstream failure of this kind gives the client (504 for timeouts, as
+/// nginx does).
+pub(crate) fn status_for(kind: UpstreamErrorKind) -> u16 {
+    match kind {
+        UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::ReadTimeout => 504,
+        _ => 502,
     }
 }
 
@@ -105,8 +183,8 @@ fn request_host(req: &RequestHeader) -> &str {
 
 /// A stable number in 0..100 for the client's address: with `sticky`, a client whose roll is
 /// below the canary weight stays on the canary as the weight grows.
-fn client_roll(session: &Session) -> u8 {
-    let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) else {
+fn client_roll(client: Option<&ClientAddr>) -> u8 {
+    let Some(addr) = client.and_then(|a| a.as_inet()) else {
         return 0;
     };
     let x = match addr.ip() {
@@ -132,24 +210,12 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Answers the client directly, keeping the connection open (unlike `respond_error`).
-pub async fn respond(
-    session: &mut Session,
-    status: u16,
-    content_type: &str,
-    body: Bytes,
-    location: Option<&str>,
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, content_type)?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    if let Some(loc) = location {
-        resp.insert_header(header::LOCATION, loc)?;
-    }
-    session
-        .write_response_header(Box::new(resp), body.is_empty())
-        .await?;
-    if !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
+async fn respond(session: &mut Session, local: LocalResponse) -> Result<()> {
+    let resp = local.header()?;
+    let empty = local.body.is_empty();
+    session.write_response_header(Box::new(resp), empty).await?;
+    if !empty {
+        session.write_response_body(Some(local.body), true).await?;
     }
     Ok(())
 }
@@ -165,7 +231,7 @@ fn https_location(host: &str, port: u16, req: &RequestHeader) -> String {
     }
 }
 
-fn error_kind(e: &Error) -> UpstreamErrorKind {
+pub(crate) fn error_kind(e: &Error) -> UpstreamErrorKind {
     match e.etype() {
         ErrorType::ConnectTimedout => UpstreamErrorKind::ConnectTimeout,
         ErrorType::ConnectRefused
@@ -182,60 +248,33 @@ fn error_kind(e: &Error) -> UpstreamErrorKind {
     }
 }
 
-#[async_trait]
-impl ProxyHttp for EdgeProxy {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            start: Instant::now(),
-            service: None,
-            pool: 0,
-            retried: false,
-            backend: None,
-            request_id: None,
-            hsts: false,
-            upstream_error: None,
-            _inflight: None,
-            _upgraded: None,
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+impl EdgeProxy {
+    /// Routes a request: sets the service and color in `ctx` and returns `None` when it goes
+    /// upstream, or returns the answer the proxy gives itself.
+    pub(crate) fn admit(
+        &self,
+        req: &RequestHeader,
+        client: Option<&ClientAddr>,
+        ctx: &mut RequestCtx,
+    ) -> Option<LocalResponse> {
         // Keep-alive connections reuse the context type but not the value: restart the clock.
         ctx.start = Instant::now();
         let snapshot = self.shared.snapshot.load();
-        let req = session.req_header();
         if !self.tls {
             if let (Some(certs), Some(token)) = (
                 &self.certs,
                 req.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX),
             ) {
                 // http-01: answered before routing, for any host, like Caddy.
-                let answer = certs.http_challenge(token);
-                match answer {
-                    Some(ka) => {
-                        respond(
-                            session,
-                            200,
-                            "application/octet-stream",
-                            Bytes::from(ka),
-                            None,
-                        )
-                        .await?
-                    }
-                    None => {
-                        respond(
-                            session,
-                            404,
-                            "text/plain",
-                            Bytes::from_static(b"no such challenge\n"),
-                            None,
-                        )
-                        .await?
-                    }
-                }
-                return Ok(true);
+                return Some(match certs.http_challenge(token) {
+                    Some(ka) => LocalResponse {
+                        status: 200,
+                        content_type: "application/octet-stream",
+                        body: Bytes::from(ka),
+                        location: None,
+                    },
+                    None => LocalResponse::text(404, b"no such challenge\n"),
+                });
             }
         }
         let found = snapshot
@@ -243,98 +282,47 @@ impl ProxyHttp for EdgeProxy {
             .lookup(request_host(req), req.uri.path())
             .map(|i| &snapshot.services[i]);
         let Some(service) = found else {
-            respond(
-                session,
-                404,
-                "text/plain",
-                Bytes::from_static(b"no route for this host\n"),
-                None,
-            )
-            .await?;
-            return Ok(true);
+            return Some(LocalResponse::text(404, b"no route for this host\n"));
         };
         if let Some(tls) = &snapshot.config.tls {
             if self.tls {
                 ctx.hsts = tls.hsts;
             } else if let (true, Some(port)) = (tls.redirect_http, self.https_port) {
-                let location = https_location(request_host(req), port, req);
-                respond(
-                    session,
-                    308,
-                    "text/plain",
-                    Bytes::from_static(b"redirecting to https\n"),
-                    Some(&location),
-                )
-                .await?;
-                return Ok(true);
+                let mut local = LocalResponse::text(308, b"redirecting to https\n");
+                local.location = Some(https_location(request_host(req), port, req));
+                return Some(local);
             }
         }
-        ctx.pool = service.pick_pool(|| client_roll(session));
+        ctx.pool = service.pick_pool(|| client_roll(client));
         let pool = &service.pools[ctx.pool];
         pool.load.inflight.fetch_add(1, Ordering::Relaxed);
         ctx._inflight = Some(InflightGuard(pool.load.clone()));
         ctx.service = Some(service.clone());
-        Ok(false)
+        None
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        let service = ctx
-            .service
-            .as_ref()
-            .expect("request_filter set the service");
-        let pool = &service.pools[ctx.pool];
+    /// The next backend of the request's pool: round robin over the healthy ones, never the
+    /// one that just failed when retrying.
+    pub(crate) fn pick_backend(&self, ctx: &mut RequestCtx) -> Option<SocketAddr> {
+        let pool = ctx.pool()?;
         let exclude = if ctx.retried { ctx.backend } else { None };
-        let Some(backend) = pool.pick(exclude) else {
-            return Error::e_explain(ErrorType::ConnectNoRoute, "the pool has no backend");
-        };
-        ctx.backend = Some(backend.addr);
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        let opts = &mut peer.options;
-        opts.connection_timeout = Some(service.config.connect_timeout);
-        opts.total_connection_timeout = Some(service.config.connect_timeout);
-        opts.read_timeout = Some(service.config.read_timeout);
-        opts.write_timeout = Some(service.config.read_timeout);
-        opts.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        Ok(Box::new(peer))
+        let addr = pool.pick(exclude)?.addr;
+        ctx.backend = Some(addr);
+        Some(addr)
     }
 
-    fn fail_to_connect(
+    /// Turns the client's request header into the upstream's: hop-by-hop headers out,
+    /// X-Forwarded-* and X-Request-Id in. `upstream` starts as a copy of the client's.
+    pub(crate) fn upstream_request(
         &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        let kind = error_kind(&e);
-        if let Some(pool) = ctx.pool() {
-            pool.metrics.upstream_error(kind);
-        }
-        // One retry, on another backend; with a single backend a retry would only knock on
-        // the same closed door.
-        let others = ctx.pool().is_some_and(|p| p.backends.len() > 1);
-        if !ctx.retried && others {
-            ctx.retried = true;
-            e.set_retry(true);
-        } else {
-            ctx.upstream_error = Some(kind);
-        }
-        e
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
         upstream: &mut RequestHeader,
+        client: Option<&ClientAddr>,
+        upgrade: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let upgrade = session.is_upgrade_req();
         strip_hop_by_hop(upstream, upgrade)?;
 
-        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+        if let Some(addr) = client.and_then(|a| a.as_inet()) {
             // One buffer, handed to the header without a copy: `prev, ip` or `ip`.
             let prev = upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
             let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 45);
@@ -349,11 +337,11 @@ impl ProxyHttp for EdgeProxy {
         }
         let proto = if self.tls { "https" } else { "http" };
         upstream.insert_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto))?;
-        if let Some(host) = session.req_header().headers.get(header::HOST).cloned() {
+        if let Some(host) = upstream.headers.get(header::HOST).cloned() {
             upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
-        } else if let Some(auth) = session.req_header().uri.authority() {
-            let host = HeaderValue::from_str(auth.as_str()).ok();
-            if let Some(host) = host {
+        } else if let Some(auth) = upstream.uri.authority() {
+            // HTTP/2 carries the host in :authority; HTTP/1 upstreams need a Host header.
+            if let Ok(host) = HeaderValue::from_str(auth.as_str()) {
                 upstream.insert_header(header::HOST, host.clone())?;
                 upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
             }
@@ -370,9 +358,10 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    async fn response_filter(
+    /// Edits the upstream's response header for the client; counts a 101 as an upgraded
+    /// connection of the request's color.
+    pub(crate) fn client_response(
         &self,
-        _session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -395,6 +384,129 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
+    /// Metrics, the SLO window and the access log, once per request. `status` is what the
+    /// client got; 499 when no response was written (the client went away first, as nginx).
+    pub(crate) fn record(
+        &self,
+        req: &RequestHeader,
+        status: u16,
+        e: Option<&Error>,
+        ctx: &RequestCtx,
+    ) {
+        let elapsed = ctx.start.elapsed();
+        match ctx.pool() {
+            // An upgraded connection's "duration" is its WebSocket session: count it, but
+            // keep it out of the latency figures (and so out of the SLO's p95).
+            Some(pool) if ctx._upgraded.is_some() => pool.metrics.count(status),
+            Some(pool) => {
+                pool.metrics.record(status, elapsed.as_secs_f64());
+                if let Some(slo) = pool.load.slo.get() {
+                    slo.record(status, elapsed.as_millis() as u64);
+                }
+            }
+            None => metrics::global()
+                .unrouted()
+                .record(status, elapsed.as_secs_f64()),
+        }
+        if self.shared.access_log.load(Ordering::Relaxed) {
+            tracing::info!(
+                target: "access",
+                method = %req.method,
+                host = request_host(req),
+                path = req.uri.path(),
+                status,
+                service = ctx.service.as_ref().map_or("", |s| s.name.as_str()),
+                color = ctx.pool().map_or("", |p| p.color_label),
+                backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default(),
+                ms = elapsed.as_secs_f64() * 1000.0,
+                error = e.map(|e| e.to_string()).unwrap_or_default(),
+                "request"
+            );
+        }
+    }
+}
+
+/// pingora-proxy's request path, used for HTTP/2 clients (HTTP/1 goes through `crate::h1`).
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // No response compression module: the edge passes bodies through untouched.
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.admit(session.req_header(), session.client_addr(), ctx) {
+            Some(local) => {
+                respond(session, local).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(backend) = self.pick_backend(ctx) else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "the pool has no backend");
+        };
+        let service = ctx.service.as_ref().expect("admit set the service");
+        let mut peer = HttpPeer::new(backend, false, String::new());
+        let opts = &mut peer.options;
+        opts.connection_timeout = Some(service.config.connect_timeout);
+        opts.total_connection_timeout = Some(service.config.connect_timeout);
+        opts.read_timeout = Some(service.config.read_timeout);
+        opts.write_timeout = Some(service.config.read_timeout);
+        opts.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let kind = error_kind(&e);
+        if ctx.may_retry_elsewhere() {
+            if let Some(pool) = ctx.pool() {
+                pool.metrics.upstream_error(kind);
+            }
+            ctx.retried = true;
+            e.set_retry(true);
+        } else {
+            ctx.upstream_failed(kind);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let upgrade = session.is_upgrade_req();
+        self.upstream_request(upstream, session.client_addr(), upgrade, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.client_response(resp, ctx)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -407,16 +519,10 @@ impl ProxyHttp for EdgeProxy {
                 pingora_core::ErrorSource::Upstream => {
                     let kind = error_kind(e);
                     if ctx.upstream_error.is_none() {
-                        if let Some(pool) = ctx.pool() {
-                            // Connect failures were counted in fail_to_connect.
-                            pool.metrics.upstream_error(kind);
-                        }
+                        // Connect failures were counted in fail_to_connect.
+                        ctx.upstream_failed(kind);
                     }
-                    ctx.upstream_error = Some(kind);
-                    match kind {
-                        UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::ReadTimeout => 504,
-                        _ => 502,
-                    }
+                    status_for(kind)
                 }
                 pingora_core::ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
@@ -435,41 +541,10 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        // A response never written means the client went away first: 499, like nginx.
         let status = session
             .response_written()
             .map_or(499, |r| r.status.as_u16());
-        let elapsed = ctx.start.elapsed();
-        match ctx.pool() {
-            // An upgraded connection's "duration" is its WebSocket session: count it, but
-            // keep it out of the latency figures (and so out of the SLO's p95).
-            Some(pool) if ctx._upgraded.is_some() => pool.metrics.count(status),
-            Some(pool) => {
-                pool.metrics.record(status, elapsed.as_secs_f64());
-                if let Some(slo) = pool.load.slo.get() {
-                    slo.record(status, elapsed.as_millis() as u64);
-                }
-            }
-            None => metrics::global()
-                .unrouted()
-                .record(status, elapsed.as_secs_f64()),
-        }
-        if self.shared.access_log.load(Ordering::Relaxed) {
-            let req = session.req_header();
-            tracing::info!(
-                target: "access",
-                method = %req.method,
-                host = request_host(req),
-                path = req.uri.path(),
-                status,
-                service = ctx.service.as_ref().map_or("", |s| s.name.as_str()),
-                color = ctx.pool().map_or("", |p| p.color_label),
-                backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default(),
-                ms = elapsed.as_secs_f64() * 1000.0,
-                error = e.map(|e| e.to_string()).unwrap_or_default(),
-                "request"
-            );
-        }
+        self.record(session.req_header(), status, e, ctx);
     }
 
     async fn request_body_filter(
@@ -502,7 +577,7 @@ impl ProxyHttp for EdgeProxy {
 /// An upgraded connection stays on the color it opened on until it closes or that color's
 /// drain timeout passes; then the next frame in either direction closes it.
 #[inline]
-fn check_drain(ctx: &RequestCtx) -> Result<()> {
+pub(crate) fn check_drain(ctx: &RequestCtx) -> Result<()> {
     if let Some(UpgradedGuard(load)) = &ctx._upgraded {
         if load.drain_expired() {
             return Error::e_explain(

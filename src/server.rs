@@ -20,6 +20,7 @@ use crate::color::Color;
 use crate::config::{Config, Pools};
 use crate::controller::{Controller, WatchService};
 use crate::demo::DemoBackend;
+use crate::h1::EdgeApp;
 use crate::health::HealthChecker;
 use crate::proxy::EdgeProxy;
 use crate::shared::Shared;
@@ -92,29 +93,24 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
 
     let mut services: Vec<Box<dyn pingora_core::services::ServiceWithDependents>> = Vec::new();
     if let Some(http) = config.listen.http {
-        let mut proxy = pingora_proxy::http_proxy_service_with_name(
-            &conf,
-            EdgeProxy {
-                shared: shared.clone(),
-                tls: false,
-                certs: certs.as_ref().map(|c| c.store.clone()),
-                https_port: config.listen.https.map(|a| a.port()),
-            },
-            "proxy http",
-        );
+        let edge = EdgeProxy {
+            shared: shared.clone(),
+            tls: false,
+            certs: certs.as_ref().map(|c| c.store.clone()),
+            https_port: config.listen.https.map(|a| a.port()),
+        };
+        let mut proxy = Service::new("proxy http".to_string(), EdgeApp::new(&conf, edge));
         proxy.add_listener(client_listener(http));
         services.push(Box::new(proxy));
     }
     if let (Some(https), Some(certs)) = (config.listen.https, &certs) {
-        let proxy = pingora_proxy::http_proxy(
-            &conf,
-            EdgeProxy {
-                shared: shared.clone(),
-                tls: true,
-                certs: Some(certs.store.clone()),
-                https_port: Some(https.port()),
-            },
-        );
+        let edge = EdgeProxy {
+            shared: shared.clone(),
+            tls: true,
+            certs: Some(certs.store.clone()),
+            https_port: Some(https.port()),
+        };
+        let proxy = EdgeApp::new(&conf, edge);
         let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
         let mut svc = Service::new("proxy https".to_string(), front);
         svc.add_listener(client_listener(https));

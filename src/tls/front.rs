@@ -15,11 +15,10 @@ use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Ssl, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
 use rustls::ServerConfig;
 
 use super::store::{CertStore, ACME_TLS_ALPN};
-use crate::proxy::EdgeProxy;
+use crate::h1::EdgeApp;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,11 +38,11 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
 
 pub struct TlsFront {
     acceptor: Acceptor,
-    proxy: Arc<HttpProxy<EdgeProxy>>,
+    proxy: Arc<EdgeApp>,
 }
 
 impl TlsFront {
-    pub fn new(config: Arc<ServerConfig>, proxy: HttpProxy<EdgeProxy>) -> TlsFront {
+    pub fn new(config: Arc<ServerConfig>, proxy: EdgeApp) -> TlsFront {
         TlsFront {
             acceptor: Acceptor::from_server_config(config),
             proxy: Arc::new(proxy),

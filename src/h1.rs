@@ -1,0 +1,401 @@
+//! The HTTP/1 request path: switchyard proxies HTTP/1 clients itself, on pingora-core's h1
+//! codecs, and hands HTTP/2 clients to pingora-proxy.
+//!
+//! Why: a request through pingora-proxy costs about twice the CPU of nginx on this machine,
+//! and switchyard's own work is a small part of it. pingora-proxy runs each request as
+//! joined sub-tasks talking over channels, through its module and cache phases, and its
+//! upstream pool spawns a watcher task for every connection it takes back. Here a request is
+//! one sequential `async fn`: read the header, route it, send it upstream, stream the body,
+//! read the response, stream it back — and the upstream connection goes back to a
+//! per-thread list (`crate::upstream`). The decisions themselves (routing, colors, headers,
+//! metrics) are `EdgeProxy`'s, shared with the HTTP/2 path; loadtests/README.md has the
+//! figures.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::HttpProxy;
+use tokio::sync::Notify;
+
+use crate::metrics::UpstreamErrorKind;
+use crate::proxy::{check_drain, error_kind, status_for, EdgeProxy, RequestCtx};
+use crate::upstream;
+
+pub struct EdgeApp {
+    edge: EdgeProxy,
+    /// pingora-proxy over the same `EdgeProxy`, for HTTP/2 clients.
+    h2: Arc<HttpProxy<EdgeProxy>>,
+    /// Set when the listener stops; wakes keep-alive connections waiting for a request.
+    closing: AtomicBool,
+    closing_wakeup: Notify,
+}
+
+impl EdgeApp {
+    pub fn new(conf: &Arc<ServerConf>, edge: EdgeProxy) -> EdgeApp {
+        EdgeApp {
+            h2: Arc::new(pingora_proxy::http_proxy(conf, edge.clone())),
+            edge,
+            closing: AtomicBool::new(false),
+            closing_wakeup: Notify::new(),
+        }
+    }
+
+    async fn serve(
+        &self,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // An idle keep-alive connection waits here; the server stopping ends the wait.
+        let closing = self.closing_wakeup.notified();
+        if self.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            _ = closing => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    let _ = session.respond_error(400).await;
+                }
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            // Finish this request, then close: the server is draining.
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = RequestCtx::new();
+        let result = self.proxy(&mut session, &mut ctx).await;
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        self.edge.record(
+            session.req_header(),
+            status,
+            result.as_ref().err().map(|e| e.as_ref()),
+            &ctx,
+        );
+        drop(ctx); // the request is no longer in flight on its color
+        if result.is_err() {
+            return None; // dropping the session closes the connection
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        let reusable = session.finish().await.ok()??;
+        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+    }
+
+    /// One request, from its header to the end of its response. An `Err` closes the client's
+    /// connection; a 502/504 has been sent when no response had started.
+    async fn proxy(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(local) = self
+            .edge
+            .admit(session.req_header(), session.client_addr(), ctx)
+        {
+            let header = local.header()?;
+            session.write_response_header(Box::new(header)).await?;
+            if !local.body.is_empty() {
+                session.write_response_body(local.body, false).await?;
+            }
+            session.finish_body().await?;
+            return Ok(());
+        }
+
+        let body_empty = session.is_body_empty();
+        let expect_continue = !body_empty && expects_continue(session.req_header());
+        let (mut up, backend) = self.send_header(session, ctx, body_empty).await?;
+
+        if !body_empty {
+            if expect_continue {
+                // The client waits for this before it sends the body (nginx does the same).
+                session
+                    .write_continue_response()
+                    .await
+                    .map_err(|e| e.into_down())?;
+            }
+            while let Some(chunk) = session
+                .read_request_body()
+                .await
+                .map_err(|e| e.into_down())?
+            {
+                check_drain(ctx)?;
+                if let Err(e) = up.write_body(&chunk).await {
+                    return self.upstream_failed(session, ctx, e).await;
+                }
+            }
+        }
+        if let Err(e) = up.finish_body().await {
+            return self.upstream_failed(session, ctx, e).await;
+        }
+        self.relay_response(session, ctx, up, backend).await
+    }
+
+    /// Picks a backend and sends the request header there: over an idle connection when the
+    /// thread has one, else a new one. A connect failure moves once to another backend of the
+    /// pool; a failure on an idle connection the upstream had closed meanwhile is retried on
+    /// a new connection to the same backend, when no request body was read yet.
+    async fn send_header(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        body_empty: bool,
+    ) -> Result<(UpstreamSession, std::net::SocketAddr)> {
+        let (connect_timeout, read_timeout) = {
+            let config = &ctx.service.as_ref().expect("admit set the service").config;
+            (config.connect_timeout, config.read_timeout)
+        };
+        let mut backend = self.pick(session, ctx).await?;
+        // After a stale idle connection, the same backend gets a new connection.
+        let mut fresh_only = false;
+        loop {
+            let idle = if fresh_only {
+                None
+            } else {
+                upstream::take(backend)
+            };
+            let reused = idle.is_some();
+            let stream = match idle {
+                Some(stream) => stream,
+                None => match upstream::connect(backend, connect_timeout).await {
+                    Ok(stream) => stream,
+                    Err(kind) if ctx.may_retry_elsewhere() => {
+                        if let Some(pool) = ctx.pool() {
+                            pool.metrics.upstream_error(kind);
+                        }
+                        ctx.retried = true;
+                        backend = self.pick(session, ctx).await?;
+                        fresh_only = false;
+                        continue;
+                    }
+                    Err(kind) => {
+                        let e =
+                            Error::explain(ErrorType::ConnectError, "connecting to the backend");
+                        return Err(self.give_up(session, ctx, kind, e).await);
+                    }
+                },
+            };
+            let mut up = UpstreamSession::new(stream);
+            up.read_timeout = Some(read_timeout);
+            up.write_timeout = Some(read_timeout);
+            let req = self.upstream_request(session, ctx)?;
+            let sent = match up.write_request_header(req).await {
+                // Without a body the response is awaited here, where a stale idle connection
+                // can still be retried.
+                Ok(_) if body_empty => up.read_response().await.map(|_| ()),
+                other => other.map(|_| ()),
+            };
+            match sent {
+                Ok(()) => return Ok((up, backend)),
+                // The upstream closed the idle connection as we took it: not its fault.
+                Err(_) if reused && body_empty => fresh_only = true,
+                Err(e) => return Err(self.upstream_error(session, ctx, e).await),
+            }
+        }
+    }
+
+    /// The next backend of the request's pool, or a 502 when it has none.
+    async fn pick(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<std::net::SocketAddr> {
+        match self.edge.pick_backend(ctx) {
+            Some(backend) => Ok(backend),
+            None => {
+                let e = Error::explain(ErrorType::ConnectNoRoute, "the pool has no backend");
+                Err(self
+                    .give_up(session, ctx, UpstreamErrorKind::ConnectRefused, e)
+                    .await)
+            }
+        }
+    }
+
+    /// The client's request header made into the upstream's.
+    fn upstream_request(
+        &self,
+        session: &ServerSession,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<RequestHeader>> {
+        let mut req = Box::new(session.req_header().clone());
+        let upgrade = session.is_upgrade_req();
+        self.edge
+            .upstream_request(&mut req, session.client_addr(), upgrade, ctx)?;
+        if req.headers.contains_key(header::EXPECT) {
+            // Answered here (see `proxy`); the body follows without waiting upstream.
+            req.remove_header(&header::EXPECT);
+        }
+        Ok(req)
+    }
+
+    /// Reads the response header (unless `send_header` already has), sends it to the client
+    /// and streams the body, or tunnels both ways after a 101.
+    async fn relay_response(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        mut up: UpstreamSession,
+        backend: std::net::SocketAddr,
+    ) -> Result<()> {
+        // Without a request body, `send_header` has read the response header already.
+        let mut need_header = up.resp_header().is_none();
+        // 100 Continue and friends are skipped: the client got its own (see `proxy`).
+        while need_header
+            || up
+                .resp_header()
+                .is_some_and(|h| h.status.is_informational() && h.status != 101)
+        {
+            if let Err(e) = up.read_response().await {
+                return Err(self.upstream_error(session, ctx, e).await);
+            }
+            need_header = false;
+        }
+        let mut resp = Box::new(up.resp_header().expect("read above").clone());
+        self.edge.client_response(&mut resp, ctx)?;
+        session
+            .write_response_header(resp)
+            .await
+            .map_err(|e| e.into_down())?;
+
+        if ctx.is_upgraded() {
+            return tunnel(session, &mut up, ctx).await;
+        }
+        loop {
+            let chunk = match up.read_body_ref().await {
+                Ok(Some(chunk)) => Bytes::copy_from_slice(chunk),
+                Ok(None) => break,
+                Err(e) => return Err(e.into_up()),
+            };
+            check_drain(ctx)?;
+            session
+                .write_response_body(chunk, false)
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        session.finish_body().await.map_err(|e| e.into_down())?;
+        up.respect_keepalive();
+        if let Some(stream) = up.reuse().await {
+            upstream::release(backend, stream);
+        }
+        Ok(())
+    }
+
+    /// An upstream failure before the response started: counted, answered 502 or 504.
+    async fn upstream_error(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let kind = error_kind(&e);
+        self.give_up(session, ctx, kind, e).await
+    }
+
+    async fn upstream_failed(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Result<()> {
+        Err(self.upstream_error(session, ctx, e).await)
+    }
+
+    async fn give_up(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        kind: UpstreamErrorKind,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream_failed(kind);
+        if session.response_written().is_none() {
+            let _ = session.respond_error(status_for(kind)).await;
+        }
+        e.into_up()
+    }
+}
+
+/// After a 101: bytes both ways until either side closes, or the color's drain timeout
+/// passes (checked at each frame, as on the HTTP/2 path).
+async fn tunnel(
+    session: &mut ServerSession,
+    up: &mut UpstreamSession,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    up.maybe_upgrade_body_writer();
+    let mut client_open = true;
+    loop {
+        tokio::select! {
+            read = session.read_request_body(), if client_open => {
+                match read.map_err(|e| e.into_down())? {
+                    Some(chunk) => {
+                        check_drain(ctx)?;
+                        up.write_body(&chunk).await.map_err(|e| e.into_up())?;
+                    }
+                    None => {
+                        client_open = false;
+                        up.finish_body().await.map_err(|e| e.into_up())?;
+                    }
+                }
+            }
+            read = up.read_body_ref() => {
+                let Some(chunk) = read.map_err(|e| e.into_up())? else { break };
+                let chunk = Bytes::copy_from_slice(chunk);
+                check_drain(ctx)?;
+                session.write_response_body(chunk, false).await.map_err(|e| e.into_down())?;
+            }
+        }
+    }
+    session.finish_body().await.map_err(|e| e.into_down())?;
+    Ok(())
+}
+
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+#[async_trait]
+impl HttpServerApp for EdgeApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if session.is_http2() {
+            return self.h2.process_new_http(session, shutdown).await;
+        }
+        self.serve(session, shutdown).await
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.h2.server_options.as_ref()
+    }
+
+    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
+        self.h2.h2_options.clone()
+    }
+
+    async fn http_cleanup(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closing_wakeup.notify_waiters();
+        HttpServerApp::http_cleanup(&*self.h2).await;
+    }
+}
