@@ -7,6 +7,7 @@ mod canary;
 mod config_check;
 mod demo;
 mod errors;
+mod h1_path;
 mod health;
 mod lifecycle;
 mod metrics;
