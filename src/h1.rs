@@ -84,9 +84,7 @@ impl EdgeApp {
 
         let mut ctx = RequestCtx::new();
         let result = self.proxy(&mut session, &mut ctx).await;
-        let status = session
-            .response_written()
-            .map_or(499, |r| r.status.as_u16());
+        let status = final_status(&session);
         self.edge.record(
             session.req_header(),
             status,
@@ -125,6 +123,8 @@ impl EdgeApp {
         if !body_empty {
             if expect_continue {
                 // The client waits for this before it sends the body (nginx does the same).
+                // A 100 is not "a response before the body was read": keep the connection.
+                session.set_close_on_response_before_downstream_finish(false);
                 session
                     .write_continue_response()
                     .await
@@ -140,6 +140,7 @@ impl EdgeApp {
                     return self.upstream_failed(session, ctx, e).await;
                 }
             }
+            session.set_close_on_response_before_downstream_finish(true);
         }
         if let Err(e) = up.finish_body().await {
             return self.upstream_failed(session, ctx, e).await;
@@ -198,13 +199,17 @@ impl EdgeApp {
             let sent = match up.write_request_header(req).await {
                 // Without a body the response is awaited here, where a stale idle connection
                 // can still be retried.
-                Ok(_) if body_empty => up.read_response().await.map(|_| ()),
+                Ok(_) if body_empty => read_response_watching(session, &mut up).await,
                 other => other.map(|_| ()),
             };
             match sent {
                 Ok(()) => return Ok((up, backend)),
-                // The upstream closed the idle connection as we took it: not its fault.
-                Err(_) if reused && body_empty => fresh_only = true,
+                Err(e) if is_client_gone(&e) => return Err(e),
+                // The upstream closed the idle connection as we took it: not its fault. Only
+                // a request that is safe to send twice goes again (as nginx and Go do).
+                Err(_) if reused && body_empty && idempotent(session.req_header()) => {
+                    fresh_only = true
+                }
                 Err(e) => return Err(self.upstream_error(session, ctx, e).await),
             }
         }
@@ -261,10 +266,11 @@ impl EdgeApp {
                 .resp_header()
                 .is_some_and(|h| h.status.is_informational() && h.status != 101)
         {
-            if let Err(e) = up.read_response().await {
-                return Err(self.upstream_error(session, ctx, e).await);
+            match read_response_watching(session, &mut up).await {
+                Ok(()) => need_header = false,
+                Err(e) if is_client_gone(&e) => return Err(e),
+                Err(e) => return Err(self.upstream_error(session, ctx, e).await),
             }
-            need_header = false;
         }
         let mut resp = Box::new(up.resp_header().expect("read above").clone());
         self.edge.client_response(&mut resp, ctx)?;
@@ -324,7 +330,11 @@ impl EdgeApp {
         e: Box<Error>,
     ) -> Box<Error> {
         ctx.upstream_failed(kind);
-        if session.response_written().is_none() {
+        // Nothing final sent yet (a 100 Continue may have been): the client gets the error.
+        if session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational())
+        {
             let _ = session.respond_error(status_for(kind)).await;
         }
         e.into_up()
@@ -364,6 +374,48 @@ async fn tunnel(
     }
     session.finish_body().await.map_err(|e| e.into_down())?;
     Ok(())
+}
+
+/// Reads the upstream's response header while watching the client's connection: a client
+/// that hangs up meanwhile ends the request at once (as with pingora-proxy and nginx) rather
+/// than holding it in flight until the upstream answers or times out. The client's error
+/// comes back marked as downstream (see `is_client_gone`), the upstream's as upstream.
+async fn read_response_watching(
+    session: &mut ServerSession,
+    up: &mut UpstreamSession,
+) -> Result<()> {
+    tokio::select! {
+        biased;
+        read = up.read_response() => read.map(|_| ()).map_err(|e| e.into_up()),
+        // The request body is done: this only returns when the client closes (or sends
+        // bytes it should not).
+        gone = session.read_body_or_idle(true) => Err(match gone {
+            Err(e) => e.into_down(),
+            Ok(_) => Error::explain(ErrorType::ConnectionClosed, "client went away").into_down(),
+        }),
+    }
+}
+
+fn is_client_gone(e: &Error) -> bool {
+    matches!(e.esource(), pingora_core::ErrorSource::Downstream)
+}
+
+/// RFC 9110 §9.2.2: methods a client may send twice with the effect of once.
+fn idempotent(req: &RequestHeader) -> bool {
+    use http::Method;
+    matches!(
+        req.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The status the client got, for metrics and the log: 499 when no final response was
+/// written (the client went away first, as nginx logs it).
+fn final_status(session: &ServerSession) -> u16 {
+    match session.response_written() {
+        Some(r) if !r.status.is_informational() || r.status == 101 => r.status.as_u16(),
+        _ => 499,
+    }
 }
 
 fn expects_continue(req: &RequestHeader) -> bool {

@@ -257,8 +257,6 @@ impl EdgeProxy {
         client: Option<&ClientAddr>,
         ctx: &mut RequestCtx,
     ) -> Option<LocalResponse> {
-        // Keep-alive connections reuse the context type but not the value: restart the clock.
-        ctx.start = Instant::now();
         let snapshot = self.shared.snapshot.load();
         if !self.tls {
             if let (Some(certs), Some(token)) = (

@@ -925,7 +925,6 @@ async fn h1_expect_100_continue_is_answered_before_the_body() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: the client connection is closed after every Expect: 100-continue request (writing the 100 before the body is read turns keep-alive off)"]
 async fn h1_expect_100_continue_keeps_the_client_connection() {
     let up = Upstream::start(echo).await;
     let proxy = Proxy::start(&config(&up, "")).await;
@@ -944,7 +943,6 @@ async fn h1_expect_100_continue_keeps_the_client_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: after 100 Continue an upstream failure closes the client connection without a 502 (h1.rs give_up sees response_written() = Some(100))"]
 async fn h1_expect_100_continue_then_upstream_failure_is_502() {
     let up = Upstream::start(|req| {
         if req.target == "/die" {
@@ -1370,7 +1368,6 @@ async fn h1_client_gone_mid_body_frees_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: a client that hangs up while the upstream has not answered yet stays in flight (and holds the upstream request) until the upstream answers or read_timeout"]
 async fn h1_client_gone_before_the_response_frees_in_flight() {
     let up = Upstream::start(|req| {
         if req.target == "/think" {
