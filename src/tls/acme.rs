@@ -128,7 +128,7 @@ fn alpn_challenge_cert(host: &str, digest: &[u8]) -> anyhow::Result<Arc<Certifie
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der)?;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?;
     Ok(Arc::new(CertifiedKey::new(
         vec![CertificateDer::from(cert.der().to_vec())],
         signing,

@@ -147,7 +147,7 @@ pub fn load_pem(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<LoadedCert> {
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| anyhow::anyhow!("key PEM: {e}"))?
         .ok_or_else(|| anyhow::anyhow!("no private key in the PEM data"))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
         .map_err(|e| anyhow::anyhow!("unsupported private key: {e}"))?;
     let (_, x509) = x509_parser::parse_x509_certificate(&chain[0])
         .map_err(|e| anyhow::anyhow!("certificate: {e}"))?;
