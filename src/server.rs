@@ -33,14 +33,18 @@ pub struct RunOptions {
     pub demo_service: Option<String>,
 }
 
-/// Read buffer of each client connection. pingora's default, 64 KiB, made an idle
-/// keep-alive connection cost ~100 KiB; 16 KiB still holds a full TLS record and any sane
-/// request head (see loadtests/README.md, "Scale").
-const CLIENT_READ_BUFFER: usize = 16 * 1024;
+/// Read buffer of each HTTPS client connection: rustls reads a TLS record at a time, and a
+/// buffer that holds a full record (16 KiB) saves syscalls. pingora's default, 64 KiB, made
+/// an idle keep-alive connection cost ~100 KiB (see loadtests/README.md, "Scale").
+const TLS_CLIENT_READ_BUFFER: usize = 16 * 1024;
 
-fn client_listener(addr: SocketAddr) -> ListenerConfig {
+/// Plain HTTP client connections read straight into the h1 session's own header and body
+/// buffers: a buffer in front of them would only add a copy, and 16 KiB per idle connection.
+const PLAIN_CLIENT_READ_BUFFER: usize = 0;
+
+fn client_listener(addr: SocketAddr, read_buffer: usize) -> ListenerConfig {
     ListenerConfig::tcp(addr.to_string())
-        .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER))
+        .l4_buffer(L4BufferSettings::default().read(read_buffer))
 }
 
 /// Fails early, with the key's name, when a listen address is taken: pingora would panic.
@@ -100,7 +104,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             https_port: config.listen.https.map(|a| a.port()),
         };
         let mut proxy = Service::new("proxy http".to_string(), EdgeApp::new(&conf, edge));
-        proxy.add_listener(client_listener(http));
+        proxy.add_listener(client_listener(http, PLAIN_CLIENT_READ_BUFFER));
         services.push(Box::new(proxy));
     }
     if let (Some(https), Some(certs)) = (config.listen.https, &certs) {
@@ -113,7 +117,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         let proxy = EdgeApp::new(&conf, edge);
         let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
         let mut svc = Service::new("proxy https".to_string(), front);
-        svc.add_listener(client_listener(https));
+        svc.add_listener(client_listener(https, TLS_CLIENT_READ_BUFFER));
         services.push(Box::new(svc));
         services.push(Box::new(background_service(
             "certificates",
