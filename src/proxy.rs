@@ -40,13 +40,14 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is
 /// left to pingora, which re-frames bodies itself; `Upgrade` and `Connection` are kept on
 /// upgrade requests so WebSockets pass.
-const HOP_BY_HOP: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
+/// Parsed once: a lookup by `&str` would parse and classify the name on every request.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
 ];
 
 #[derive(Clone)]
@@ -642,9 +643,9 @@ fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {
             h.remove(&header::CONNECTION);
         }
     }
-    for name in HOP_BY_HOP {
-        if h.headers().contains_key(*name) {
-            h.remove(&HeaderName::from_static(name));
+    for name in &HOP_BY_HOP {
+        if h.headers().contains_key(name) {
+            h.remove(name);
         }
     }
     if !upgrade && h.headers().contains_key(header::UPGRADE) {
