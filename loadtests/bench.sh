@@ -25,6 +25,9 @@
 #   UPSTREAM_WORKERS [1]  worker_processes of the upstream nginx
 #   WARMUP [2]        seconds of unmeasured load per proxy and group before its rounds
 #   SW_BIN [target/release/switchyard]  BARE_BIN [target/release/examples/bare_pingora]
+#   BASE_BIN [none]   a switchyard binary built from another commit: add `base` to PROXIES to
+#                     measure it beside the current one in the same interleaved rounds
+#                     (before/after figures of a change, on the same machine state)
 #   SW_LOG [warn]     SWITCHYARD_LOG for switchyard (the others log nothing per request)
 #   READY_TIMEOUT [30]  KEEP_TMP [0]  (1 = keep configs, logs and raw wrk output)
 set -euo pipefail
@@ -63,7 +66,7 @@ in_list() { # WORD LIST-WORDS…
   return 1
 }
 for m in "${MODE_LIST[@]}"; do in_list "$m" http tls handshake || { echo "MODES: unknown mode '$m' (http tls handshake)" >&2; exit 2; }; done
-for p in "${PROXY_LIST[@]}"; do in_list "$p" switchyard nginx haproxy bare || { echo "PROXIES: unknown proxy '$p' (switchyard nginx haproxy bare)" >&2; exit 2; }; done
+for p in "${PROXY_LIST[@]}"; do in_list "$p" switchyard base nginx haproxy bare || { echo "PROXIES: unknown proxy '$p' (switchyard base nginx haproxy bare)" >&2; exit 2; }; done
 for c in "${CERT_LIST[@]}"; do in_list "$c" ecdsa rsa || { echo "CERTS: unknown certificate type '$c' (ecdsa rsa)" >&2; exit 2; }; done
 ((${#MODE_LIST[@]} && ${#PROXY_LIST[@]})) || { echo "MODES and PROXIES must not be empty" >&2; exit 2; }
 want_mode() { in_list "$1" "${MODE_LIST[@]}"; }
@@ -102,18 +105,27 @@ want_proxy haproxy && pkgs+=(haproxy:haproxy)
 want_mode handshake && pkgs+=(cc:gcc,libc6-dev)
 ensure_pkgs "${pkgs[@]}"
 want_proxy switchyard && ensure_built "$SW_BIN" --bin switchyard
+if want_proxy base && [[ ! -x ${BASE_BIN:-} ]]; then
+  echo "PROXIES has base: set BASE_BIN to a switchyard binary built from the commit to compare with" >&2
+  exit 2
+fi
 if want_proxy bare && want_mode http; then ensure_built "$BARE_BIN" --example bare_pingora; fi
 
 lib_init bench
 
 # Run copies: a `cargo build` during the run (the box is shared) must not swap the binary
 # between two groups. The header notes are taken from the originals, now.
-SW_NOTE= BARE_NOTE=
+SW_NOTE= BARE_NOTE= BASE_NOTE=
 mkdir -p "$TMP/bin"
 if want_proxy switchyard; then
   SW_NOTE="switchyard $(git_rev), $(build_note "$SW_BIN")"
   cp "$SW_BIN" "$TMP/bin/switchyard"
   SW_BIN=$TMP/bin/switchyard
+fi
+if want_proxy base; then
+  BASE_NOTE="base: $BASE_BIN, $(build_note "$BASE_BIN")"
+  cp "$BASE_BIN" "$TMP/bin/base"
+  BASE_BIN=$TMP/bin/base
 fi
 if want_proxy bare && want_mode http; then
   BARE_NOTE="bare pingora (examples/bare_pingora.rs), $(build_note "$BARE_BIN")"
@@ -290,8 +302,9 @@ EOF
       start_bg "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
       PROXY_LOG[$name]=$dir/haproxy.log
       ;;
-    switchyard)
-      local admin listen_key=http tls_section=
+    switchyard | base)
+      local admin listen_key=http tls_section= bin=$SW_BIN
+      [[ $name == base ]] && bin=$BASE_BIN
       admin=$(free_port)
       if [[ $group != plain ]]; then
         listen_key=https
@@ -323,7 +336,7 @@ service = "app"
 backends = ["127.0.0.1:$UP_PORT"]
 EOF
       start_bg "$dir/switchyard.log" bash -c 'cd "$1" && SWITCHYARD_LOG=$2 exec "$3" run --config "$1/sw.toml"' \
-        _ "$dir" "$SW_LOG" "$SW_BIN"
+        _ "$dir" "$SW_LOG" "$bin"
       PROXY_LOG[$name]=$dir/switchyard.log
       ;;
     bare)
@@ -496,6 +509,7 @@ echo "== bench: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cpu(s), $(uname -r), lo
 echo "== $versions"
 [[ -n $SW_NOTE ]] && echo "== $SW_NOTE"
 [[ -n $BARE_NOTE ]] && echo "== $BARE_NOTE"
+[[ -n $BASE_NOTE ]] && echo "== $BASE_NOTE"
 echo "== modes: ${MODE_LIST[*]}; certs: ${CERT_LIST[*]}; proxies: ${PROXY_LIST[*]}"
 echo "== $ROUNDS rounds x ${DURATION}s per proxy and scenario, wrk -t$THREADS -c$CONNS (handshake -c$HS_CONNS)," \
   "workers $WORKERS, upstream workers $UPSTREAM_WORKERS; about $((SLOTS * ROUNDS * DURATION + STARTS * (WARMUP + 2) + 5)) s"
