@@ -25,13 +25,17 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::{Error, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::HttpProxy;
 use tokio::sync::Notify;
 
 use crate::metrics::UpstreamErrorKind;
 use crate::proxy::{check_drain, error_kind, status_for, EdgeProxy, RequestCtx};
 use crate::upstream;
+
+/// How long an idle keep-alive client connection is kept, in seconds (pingora's default for
+/// a connection's first request; nginx's is 75).
+const CLIENT_KEEPALIVE_S: u64 = 60;
 
 pub struct EdgeApp {
     edge: EdgeProxy,
@@ -80,6 +84,17 @@ impl EdgeApp {
         if *shutdown.borrow() {
             // Finish this request, then close: the server is draining.
             session.set_keepalive(None);
+        } else if session.get_keepalive() == Some(0) {
+            // pingora reads "keep-alive" as "forever"; an idle client gets 60 s, like the
+            // first request of the connection (and nginx's 75 s).
+            session.set_keepalive(Some(CLIENT_KEEPALIVE_S));
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            // A reverse proxy, not a forward one (pingora-proxy and nginx say 405 too).
+            let _ = session.respond_error(405).await;
+            self.edge
+                .record(session.req_header(), 405, None, &RequestCtx::new());
+            return None;
         }
 
         let mut ctx = RequestCtx::new();
@@ -130,11 +145,12 @@ impl EdgeApp {
                     .await
                     .map_err(|e| e.into_down())?;
             }
-            while let Some(chunk) = session
-                .read_request_body()
-                .await
-                .map_err(|e| e.into_down())?
-            {
+            loop {
+                let chunk = match session.read_request_body().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => return Err(bad_request_body(session, e).await),
+                };
                 check_drain(ctx)?;
                 if let Err(e) = up.write_body(&chunk).await {
                     return self.upstream_failed(session, ctx, e).await;
@@ -207,7 +223,12 @@ impl EdgeApp {
                 Err(e) if is_client_gone(&e) => return Err(e),
                 // The upstream closed the idle connection as we took it: not its fault. Only
                 // a request that is safe to send twice goes again (as nginx and Go do).
-                Err(_) if reused && body_empty && idempotent(session.req_header()) => {
+                Err(e)
+                    if reused
+                        && body_empty
+                        && closed_under_us(&e)
+                        && idempotent(session.req_header()) =>
+                {
                     fresh_only = true
                 }
                 Err(e) => return Err(self.upstream_error(session, ctx, e).await),
@@ -242,6 +263,9 @@ impl EdgeApp {
         let upgrade = session.is_upgrade_req();
         self.edge
             .upstream_request(&mut req, session.client_addr(), upgrade, ctx)?;
+        // Backends get HTTP/1.1 whatever the client spoke: keep-alive and chunked bodies work
+        // the same for HTTP/1.0 clients (pingora-proxy and nginx do this too).
+        req.set_version(http::Version::HTTP_11);
         if req.headers.contains_key(header::EXPECT) {
             // Answered here (see `proxy`); the body follows without waiting upstream.
             req.remove_header(&header::EXPECT);
@@ -274,6 +298,17 @@ impl EdgeApp {
         }
         let mut resp = Box::new(up.resp_header().expect("read above").clone());
         self.edge.client_response(&mut resp, ctx)?;
+        if needs_chunking(session, &resp) {
+            // The backend ends this body by closing; re-framed as chunks, the client's
+            // connection survives it (pingora-proxy did the same).
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        } else if session.req_header().version == http::Version::HTTP_10
+            && resp.headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            // An HTTP/1.0 client cannot read chunks: the body ends when the connection does.
+            resp.remove_header(&header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
         session
             .write_response_header(resp)
             .await
@@ -286,7 +321,11 @@ impl EdgeApp {
             let chunk = match up.read_body_ref().await {
                 Ok(Some(chunk)) => Bytes::copy_from_slice(chunk),
                 Ok(None) => break,
-                Err(e) => return Err(e.into_up()),
+                Err(e) => {
+                    // The status is out; the client sees a cut body. Count it all the same.
+                    ctx.upstream_failed(error_kind(&e));
+                    return Err(e.into_up());
+                }
             };
             check_drain(ctx)?;
             session
@@ -394,6 +433,46 @@ async fn read_response_watching(
             Ok(_) => Error::explain(ErrorType::ConnectionClosed, "client went away").into_down(),
         }),
     }
+}
+
+/// The ways a kept-alive connection fails when the backend closed it as we sent on it:
+/// nothing of a response was read, so sending again is safe (for idempotent requests).
+/// A timeout or a malformed answer is the backend's own and is not replayed.
+fn closed_under_us(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+    )
+}
+
+/// A request body the client broke off or malformed: 408 for a timeout, 400 for bad framing,
+/// nothing when the client is gone.
+async fn bad_request_body(session: &mut ServerSession, e: Box<Error>) -> Box<Error> {
+    let status = match e.etype() {
+        ErrorType::ReadTimedout => Some(408),
+        ErrorType::ConnectionClosed | ErrorType::ReadError => None,
+        _ => Some(400),
+    };
+    if let Some(status) = status {
+        if session.response_written().is_none() {
+            let _ = session.respond_error(status).await;
+        }
+    }
+    e.into_down()
+}
+
+/// A response whose body the backend ends by closing (no Content-Length, not chunked), to
+/// an HTTP/1.1 client that can take chunks instead.
+fn needs_chunking(session: &ServerSession, resp: &ResponseHeader) -> bool {
+    let status = resp.status.as_u16();
+    let req = session.req_header();
+    req.version == http::Version::HTTP_11
+        && req.method != http::Method::HEAD
+        && !(100..200).contains(&status)
+        && status != 204
+        && status != 304
+        && !resp.headers.contains_key(header::CONTENT_LENGTH)
+        && !resp.headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 fn is_client_gone(e: &Error) -> bool {

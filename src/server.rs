@@ -43,8 +43,7 @@ const TLS_CLIENT_READ_BUFFER: usize = 16 * 1024;
 const PLAIN_CLIENT_READ_BUFFER: usize = 0;
 
 fn client_listener(addr: SocketAddr, read_buffer: usize) -> ListenerConfig {
-    ListenerConfig::tcp(addr.to_string())
-        .l4_buffer(L4BufferSettings::default().read(read_buffer))
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(read_buffer))
 }
 
 /// Fails early, with the key's name, when a listen address is taken: pingora would panic.

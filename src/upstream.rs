@@ -5,7 +5,9 @@
 //! idle connections can therefore live in a thread-local list: no lock, no task per idle
 //! connection (pingora's pool spawns one to watch each), no wake-up to hand one over. A
 //! connection is checked when taken: closed by the upstream, readable or older than the idle
-//! timeout, it is dropped and the next one is tried.
+//! timeout, it is dropped and the next one is tried. Every `SWEEP_EVERY` a release also
+//! sweeps the thread's whole list, so connections to backends no longer asked (after a
+//! switch, a reload) and ones their backend closed are not kept open.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,20 +25,31 @@ use crate::proxy::UPSTREAM_IDLE_TIMEOUT;
 /// Idle connections kept per backend and worker thread; more are closed when released.
 pub const MAX_IDLE_PER_BACKEND: usize = 256;
 
+/// How often a release sweeps every backend's idle list of its thread.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 struct Idle {
     stream: Stream,
     since: Instant,
 }
 
+struct IdleLists {
+    by_backend: HashMap<SocketAddr, Vec<Idle>>,
+    last_sweep: Instant,
+}
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleLists> = RefCell::new(IdleLists {
+        by_backend: HashMap::new(),
+        last_sweep: Instant::now(),
+    });
 }
 
 /// An idle connection to `addr` that is still usable, most recently used first.
 pub fn take(addr: SocketAddr) -> Option<Stream> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.by_backend.get_mut(&addr)?;
         while let Some(mut conn) = list.pop() {
             if conn.since.elapsed() < UPSTREAM_IDLE_TIMEOUT && still_idle(&mut conn.stream) {
                 return Some(conn.stream);
@@ -51,8 +64,12 @@ pub fn take(addr: SocketAddr) -> Option<Stream> {
 pub fn release(addr: SocketAddr, stream: Stream) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
         let now = Instant::now();
+        if now.duration_since(idle.last_sweep) >= SWEEP_EVERY {
+            idle.last_sweep = now;
+            sweep(&mut idle.by_backend, now);
+        }
+        let list = idle.by_backend.entry(addr).or_default();
         // Oldest first: drop the expired prefix so an idle list never outgrows its use.
         let expired = list
             .iter()
@@ -62,6 +79,17 @@ pub fn release(addr: SocketAddr, stream: Stream) {
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(Idle { stream, since: now });
         }
+    });
+}
+
+/// Drops every idle connection that expired or that its backend closed, and the lists left
+/// empty.
+fn sweep(by_backend: &mut HashMap<SocketAddr, Vec<Idle>>, now: Instant) {
+    by_backend.retain(|_, list| {
+        list.retain_mut(|c| {
+            now.duration_since(c.since) < UPSTREAM_IDLE_TIMEOUT && still_idle(&mut c.stream)
+        });
+        !list.is_empty()
     });
 }
 
@@ -89,7 +117,7 @@ pub async fn connect(addr: SocketAddr, deadline: Duration) -> Result<Stream, Ups
 /// The number of idle connections this thread keeps to `addr` (for tests).
 #[cfg(test)]
 pub fn idle_count(addr: SocketAddr) -> usize {
-    IDLE.with(|idle| idle.borrow().get(&addr).map_or(0, Vec::len))
+    IDLE.with(|idle| idle.borrow().by_backend.get(&addr).map_or(0, Vec::len))
 }
 
 #[cfg(test)]
@@ -132,6 +160,28 @@ mod tests {
         release(addr, conn);
         assert!(take(addr).is_some());
         assert!(take(addr).is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_release_sweeps_closed_connections_of_other_backends() {
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (gone_addr, live_addr) = (gone.local_addr().unwrap(), live.local_addr().unwrap());
+        let conn = connect(gone_addr, Duration::from_secs(1)).await.unwrap();
+        let (server_side, _) = gone.accept().await.unwrap();
+        release(gone_addr, conn);
+        assert_eq!(idle_count(gone_addr), 1);
+
+        // The backend closes its end; nobody asks for that backend again.
+        drop(server_side);
+        tokio::task::yield_now().await;
+        IDLE.with(|idle| idle.borrow_mut().last_sweep -= SWEEP_EVERY);
+        let other = connect(live_addr, Duration::from_secs(1)).await.unwrap();
+        let _server_other = live.accept().await.unwrap();
+        release(live_addr, other);
+        assert_eq!(idle_count(gone_addr), 0, "the closed connection was swept");
+        IDLE.with(|idle| assert!(!idle.borrow().by_backend.contains_key(&gone_addr)));
+        assert_eq!(idle_count(live_addr), 1);
     }
 
     #[tokio::test(flavor = "current_thread")]

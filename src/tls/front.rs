@@ -89,4 +89,9 @@ impl ServerApp for TlsFront {
             }
         }
     }
+
+    async fn cleanup(&self) {
+        // The listener stopped: wake idle keep-alive connections so they close (SIGTERM).
+        pingora_core::apps::HttpServerApp::http_cleanup(&*self.proxy).await;
+    }
 }
