@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::support::release::service_status;
-use crate::support::{metric_value, poll_until, Proxy, RawResponse, BASE};
+use crate::support::{metric_lines, metric_value, poll_until, Proxy, RawResponse, BASE};
 
 const HOST: &str = "h1.test";
 const IO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -205,6 +205,23 @@ impl Upstream {
             matches!(found, Ok(true)),
             "the upstream never reported {want:?}; it reported {seen:?}"
         );
+    }
+
+    /// The next `Ev::Request` reported within `within`, skipping other events; `None` when
+    /// none came (the bounded chance a test gives the proxy to send something again).
+    async fn next_request_within(&self, within: Duration) -> Option<Ev> {
+        let mut rx = self.events.lock().await;
+        tokio::time::timeout(within, async {
+            while let Some(ev) = rx.recv().await {
+                if matches!(ev, Ev::Request(..)) {
+                    return Some(ev);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
     }
 }
 
@@ -1398,4 +1415,378 @@ async fn h1_client_gone_before_the_response_frees_in_flight() {
         "in flight stuck at {} after the client left",
         inflight(&proxy).await
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 14: from review — no replay of a timeout or a bad answer, CONNECT, HTTP/1.0 clients,
+// close-delimited bodies, cut bodies counted, malformed chunked request bodies
+// ---------------------------------------------------------------------------------------
+
+/// A chunked response carrying `content` in uneven chunks.
+fn chunked_response(content: &[u8]) -> Vec<u8> {
+    let mut wire =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for piece in content.chunks(7_000) {
+        wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        wire.extend_from_slice(piece);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    wire
+}
+
+/// Upstream errors counted for service h1, every kind summed.
+fn h1_upstream_errors(metrics: &str) -> f64 {
+    metric_lines(metrics, "switchyard_upstream_errors_total")
+        .into_iter()
+        .filter(|l| l.contains("service=\"h1\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_read_timeout_on_a_reused_connection_is_not_replayed() {
+    let up = Upstream::start(|req| {
+        if req.target == "/hang" {
+            // Reads the request and does not answer (far beyond the 1 s read timeout).
+            Reply::Delay(Duration::from_secs(60), Box::new(Reply::Send(ok("late"))))
+        } else {
+            echo(req)
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&up, "read_timeout_ms = 1000")).await;
+
+    // Request 1 leaves its upstream connection in the pool of this client's proxy thread.
+    let mut c = Conn::open(proxy.http_addr).await;
+    assert_eq!(c.get("/fast").await.status, 200);
+    up.wait_for(Ev::Request(0, 0)).await;
+
+    // Request 2 goes over that pooled connection, and times out there.
+    c.send(format!("GET /hang HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    up.wait_for(Ev::Request(0, 1)).await;
+    let resp = c.response(false).await;
+    assert_eq!(resp.status, 504, "{resp:?}");
+
+    // A timeout is the backend's own answer: the request must not go again.
+    let again = up.next_request_within(Duration::from_millis(1500)).await;
+    assert_eq!(
+        again,
+        None,
+        "the timed-out GET was sent again: {:?}",
+        up.requests()
+    );
+    let hangs: Vec<_> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/hang")
+        .map(|r| (r.conn, r.nth))
+        .collect();
+    assert_eq!(hangs, vec![(0, 1)], "{:?}", up.requests());
+    assert_eq!(up.accepts(), 1, "a new upstream connection was opened");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_malformed_answer_on_a_reused_connection_is_not_replayed() {
+    // Answers that are not HTTP, on a connection the upstream keeps open (so the proxy sees
+    // a bad answer, not a connection closed under it).
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/not-http" => Reply::Send(b"hello there\r\n\r\n".to_vec()),
+        "/bad-header" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nthis is not a header\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        ),
+        _ => echo(req),
+    })
+    .await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+
+    // Each round: a good request puts a connection in the pool, the bad answer comes on
+    // it. No upstream connection survives a round, so round i runs on upstream connection i.
+    for (round, path) in ["/not-http", "/bad-header"].into_iter().enumerate() {
+        let mut c = Conn::open(proxy.http_addr).await;
+        assert_eq!(c.get("/fast").await.status, 200, "round {round}");
+        up.wait_for(Ev::Request(round, 0)).await;
+
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+            .await;
+        up.wait_for(Ev::Request(round, 1)).await;
+        let resp = c.response(false).await;
+        assert_eq!(resp.status, 502, "GET {path}: {resp:?}");
+
+        let again = up.next_request_within(Duration::from_millis(1500)).await;
+        assert_eq!(
+            again,
+            None,
+            "GET {path} was sent again after a malformed answer: {:?}",
+            up.requests()
+        );
+        let copies: Vec<_> = up
+            .requests()
+            .into_iter()
+            .filter(|r| r.target == path)
+            .map(|r| (r.conn, r.nth))
+            .collect();
+        assert_eq!(copies, vec![(round, 1)], "GET {path}");
+        assert_eq!(
+            up.accepts(),
+            round + 1,
+            "GET {path}: a new upstream connection"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_connect_is_405_and_nothing_reaches_the_backend() {
+    let up = Upstream::start(echo).await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+
+    // (A CONNECT whose Host differs from its target is malformed: pingora answers 400.)
+    let cases = [
+        "CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n".to_string(),
+        "CONNECT example.test:443 HTTP/1.1\r\n\r\n".to_string(),
+        // The host of a routed service: without the check it would be proxied.
+        format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n"),
+    ];
+    for wire in &cases {
+        let mut c = Conn::open(proxy.http_addr).await;
+        c.send(wire.as_bytes()).await;
+        let resp = c.response(false).await;
+        assert_eq!(resp.status, 405, "{wire:?}: {resp:?}");
+        // Whatever the client meant to tunnel is not read as requests: the connection ends.
+        assert!(
+            c.closed_within(Duration::from_secs(5)).await,
+            "{wire:?}: the connection stayed open after the 405"
+        );
+    }
+
+    // A routed GET afterwards is the first thing the backend ever reads.
+    let mut c = Conn::open(proxy.http_addr).await;
+    let resp = c.get("/after").await;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    up.wait_for(Ev::Request(0, 0)).await;
+    let reqs: Vec<_> = up
+        .requests()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
+    assert_eq!(reqs, vec!["GET /after".to_string()]);
+    assert_eq!(up.accepts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_http10_client_gets_http11_upstream_and_an_unchunked_body() {
+    let content = pattern(50_000, 12);
+    let wire = chunked_response(&content);
+    let up = Upstream::start(move |_| Reply::Send(wire.clone())).await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+
+    for (i, extra) in ["", "Connection: keep-alive\r\n"].into_iter().enumerate() {
+        let what = if extra.is_empty() {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.0 keep-alive"
+        };
+        let mut c = Conn::open(proxy.http_addr).await;
+        c.send(format!("GET /ten{i} HTTP/1.0\r\nHost: {HOST}\r\n{extra}\r\n").as_bytes())
+            .await;
+        let resp = c.response(false).await;
+        assert_eq!(resp.status, 200, "{what}: {:?}", resp.headers);
+
+        // The backend read an HTTP/1.1 request.
+        let req = up
+            .requests()
+            .into_iter()
+            .find(|r| r.target == format!("/ten{i}"))
+            .unwrap_or_else(|| panic!("{what}: the request never reached the backend"));
+        assert_eq!(req.version, "HTTP/1.1", "{what}: {req:?}");
+        assert_eq!(req.header("host"), Some(HOST), "{what}: {req:?}");
+
+        // No chunked framing for a 1.0 client: the plain bytes, ended by the close.
+        assert!(
+            !resp
+                .header("transfer-encoding")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked")),
+            "{what}: chunked framing sent to an HTTP/1.0 client: {:?}",
+            resp.headers
+        );
+        assert_eq!(resp.header("content-length"), None, "{what}");
+        assert_eq!(resp.body.len(), content.len(), "{what}: body length");
+        assert!(resp.body == content, "{what}: the body differs");
+        assert!(
+            c.closed_within(Duration::from_secs(5)).await,
+            "{what}: the connection stayed open after a body ended by the close"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_close_delimited_upstream_body_is_rechunked_and_keeps_the_client_connection() {
+    let content = pattern(120_000, 13);
+    let with_close = {
+        let mut w =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+                .to_vec();
+        w.extend_from_slice(&content);
+        w
+    };
+    // The same without `Connection: close`: still ended by the close (RFC 9112 §6.3).
+    let bare = {
+        let mut w = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n".to_vec();
+        w.extend_from_slice(&content);
+        w
+    };
+    let up = Upstream::start(move |req| match req.target.as_str() {
+        "/eof-close" => Reply::SendClose(with_close.clone()),
+        "/eof-bare" => Reply::SendClose(bare.clone()),
+        _ => echo(req),
+    })
+    .await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+
+    // One client connection throughout.
+    let mut c = Conn::open(proxy.http_addr).await;
+    for (round, path) in ["/eof-close", "/eof-bare", "/eof-close"]
+        .into_iter()
+        .enumerate()
+    {
+        let resp = c.get(path).await;
+        assert_eq!(resp.status, 200, "round {round} {path}: {resp:?}");
+        assert_eq!(
+            resp.header("transfer-encoding")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("chunked"),
+            "round {round} {path}: {:?}",
+            resp.headers
+        );
+        assert_eq!(resp.header("content-length"), None, "round {round} {path}");
+        assert!(
+            !resp
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            "round {round} {path}: the client connection is being closed: {:?}",
+            resp.headers
+        );
+        assert_eq!(resp.body.len(), content.len(), "round {round} {path}");
+        assert!(
+            resp.body == content,
+            "round {round} {path}: the body differs"
+        );
+
+        // The same client connection serves the next request.
+        let next = format!("/next{round}");
+        let resp = c.get(&next).await;
+        assert_eq!(resp.status, 200, "after {path}, round {round}: {resp:?}");
+        assert_eq!(resp.body_str(), format!("GET {next} {}", digest_line(b"")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_upstream_body_cut_short_is_counted_as_an_upstream_error() {
+    // Headers promise 100 000 bytes; 10 come, then the backend closes.
+    let content = pattern(10, 14);
+    let mut wire = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    wire.extend_from_slice(&content);
+    let up = Upstream::start(move |req| {
+        if req.target == "/cut" {
+            Reply::SendClose(wire.clone())
+        } else {
+            echo(req)
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+    let before = h1_upstream_errors(&proxy.metrics().await);
+
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send(format!("GET /cut HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let (status, headers) = c.head(IO_TIMEOUT).await;
+    assert_eq!(status, 200);
+    let cl = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str());
+    assert_eq!(cl, Some("100000"), "{headers:?}");
+    // The connection ends after the 10 bytes there are.
+    tokio::time::timeout(IO_TIMEOUT, async {
+        loop {
+            let mut chunk = [0u8; 16384];
+            match c.s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the proxy kept the client connection open after the upstream cut the body");
+    assert_eq!(
+        c.buf, content,
+        "the client got other bytes than the 10 sent"
+    );
+    up.wait_for(Ev::ClosedByUs(0)).await;
+
+    // The cut body is one upstream error of service h1.
+    let counted = poll_until(Duration::from_secs(5), || async {
+        (h1_upstream_errors(&proxy.metrics().await) == before + 1.0).then_some(())
+    })
+    .await;
+    let metrics = proxy.metrics().await;
+    assert!(
+        counted.is_some(),
+        "wanted {} upstream errors for h1 (was {before}):\n{}",
+        before + 1.0,
+        metric_lines(&metrics, "switchyard_upstream_errors_total").join("\n")
+    );
+    // And only one: a good request later leaves the count where it is.
+    let mut c = Conn::open(proxy.http_addr).await;
+    assert_eq!(c.get("/after").await.status, 200);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        h1_upstream_errors(&metrics),
+        before + 1.0,
+        "{}",
+        metric_lines(&metrics, "switchyard_upstream_errors_total").join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_malformed_chunked_request_body_is_400() {
+    let up = Upstream::start(echo).await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+
+    let cases: &[(&str, &str)] = &[
+        ("invalid chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
+        (
+            "invalid size after a good chunk",
+            "5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
+        ),
+        ("chunk data not followed by CRLF", "5\r\nhelloXX0\r\n\r\n"),
+    ];
+    // Each request opens an upstream connection (the header goes before the body is read)
+    // that the proxy drops: case i runs on upstream connection i.
+    for (i, (what, body)) in cases.iter().enumerate() {
+        let mut c = Conn::open(proxy.http_addr).await;
+        c.send(
+            format!(
+                "POST /chunky{i} HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let resp = c.response(false).await;
+        assert_eq!(resp.status, 400, "{what}: {resp:?}");
+        // The backend never gets a complete request: the proxy drops its connection.
+        up.wait_for(Ev::PeerClosed(i)).await;
+    }
+    assert!(
+        up.requests().is_empty(),
+        "a broken request body reached the backend whole: {:?}",
+        up.requests()
+    );
+
+    let mut c = Conn::open(proxy.http_addr).await;
+    assert_eq!(c.get("/after").await.status, 200);
 }
