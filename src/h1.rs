@@ -66,6 +66,9 @@ impl EdgeApp {
         if self.closing.load(Ordering::Acquire) {
             return None;
         }
+        // Requests sent before the previous response ended (pipelining, RFC 9112 §9.3.2) are
+        // kept and served in order instead of ending the connection.
+        session.set_pipelining_enabled(true);
         let read = tokio::select! {
             biased;
             read = session.read_request() => read,

@@ -1790,3 +1790,28 @@ async fn h1_malformed_chunked_request_body_is_400() {
     let mut c = Conn::open(proxy.http_addr).await;
     assert_eq!(c.get("/after").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_pipelined_requests_are_answered_in_order() {
+    let up = Upstream::start(echo).await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+
+    // Three requests in one write: the proxy reads them together and must serve each.
+    let mut c = Conn::open(proxy.http_addr).await;
+    let mut burst = Vec::new();
+    for path in ["/p1", "/p2", "/p3"] {
+        burst.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+    }
+    c.send(&burst).await;
+    for path in ["/p1", "/p2", "/p3"] {
+        let resp = c.response(false).await;
+        assert_eq!(resp.status, 200, "{path}");
+        let body = String::from_utf8_lossy(&resp.body).to_string();
+        assert!(
+            body.starts_with(&format!("GET {path} ")),
+            "{path}: got {body:?}"
+        );
+    }
+    // And the connection is still usable afterwards.
+    assert_eq!(c.get("/after").await.status, 200);
+}
