@@ -37,6 +37,9 @@ use crate::upstream;
 /// a connection's first request; nginx's is 75).
 const CLIENT_KEEPALIVE_S: u64 = 60;
 
+/// How long one write to a client may wait for it to read (nginx's `send_timeout`).
+const CLIENT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct EdgeApp {
     edge: EdgeProxy,
     /// pingora-proxy over the same `EdgeProxy`, for HTTP/2 clients.
@@ -92,6 +95,9 @@ impl EdgeApp {
             // first request of the connection (and nginx's 75 s).
             session.set_keepalive(Some(CLIENT_KEEPALIVE_S));
         }
+        // A client that stops reading its response is dropped after this long per write
+        // (nginx's send_timeout), so it cannot hold a request in flight, or a drain, forever.
+        session.set_write_timeout(Some(CLIENT_SEND_TIMEOUT));
         if session.req_header().method == http::Method::CONNECT {
             // A reverse proxy, not a forward one (pingora-proxy and nginx say 405 too).
             let _ = session.respond_error(405).await;
