@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::header;
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
@@ -162,13 +161,13 @@ impl EdgeApp {
                 };
                 check_drain(ctx)?;
                 if let Err(e) = up.write_body(&chunk).await {
-                    return self.upstream_failed(session, ctx, e).await;
+                    return Err(self.upstream_error(session, ctx, e).await);
                 }
             }
             session.set_close_on_response_before_downstream_finish(true);
         }
         if let Err(e) = up.finish_body().await {
-            return self.upstream_failed(session, ctx, e).await;
+            return Err(self.upstream_error(session, ctx, e).await);
         }
         self.relay_response(session, ctx, up, backend).await
     }
@@ -202,10 +201,7 @@ impl EdgeApp {
                 None => match upstream::connect(backend, connect_timeout).await {
                     Ok(stream) => stream,
                     Err(kind) if ctx.may_retry_elsewhere() => {
-                        if let Some(pool) = ctx.pool() {
-                            pool.metrics.upstream_error(kind);
-                        }
-                        ctx.retried = true;
+                        ctx.retry_elsewhere(kind);
                         backend = self.pick(session, ctx).await?;
                         fresh_only = false;
                         continue;
@@ -327,8 +323,8 @@ impl EdgeApp {
             return tunnel(session, &mut up, ctx).await;
         }
         loop {
-            let chunk = match up.read_body_ref().await {
-                Ok(Some(chunk)) => Bytes::copy_from_slice(chunk),
+            let chunk = match up.read_body_bytes().await {
+                Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(e) => {
                     // The status is out; the client sees a cut body. Count it all the same.
@@ -359,15 +355,6 @@ impl EdgeApp {
     ) -> Box<Error> {
         let kind = error_kind(&e);
         self.give_up(session, ctx, kind, e).await
-    }
-
-    async fn upstream_failed(
-        &self,
-        session: &mut ServerSession,
-        ctx: &mut RequestCtx,
-        e: Box<Error>,
-    ) -> Result<()> {
-        Err(self.upstream_error(session, ctx, e).await)
     }
 
     async fn give_up(
@@ -412,9 +399,8 @@ async fn tunnel(
                     }
                 }
             }
-            read = up.read_body_ref() => {
+            read = up.read_body_bytes() => {
                 let Some(chunk) = read.map_err(|e| e.into_up())? else { break };
-                let chunk = Bytes::copy_from_slice(chunk);
                 check_drain(ctx)?;
                 session.write_response_body(chunk, false).await.map_err(|e| e.into_down())?;
             }

@@ -83,16 +83,16 @@ impl Drop for UpgradedGuard {
 }
 
 pub struct RequestCtx {
-    pub(crate) start: Instant,
+    start: Instant,
     pub(crate) service: Option<Arc<ServiceRuntime>>,
     /// Index into `service.pools` of the color serving this request.
     pool: usize,
-    pub(crate) retried: bool,
+    retried: bool,
     /// The backend the current attempt goes to.
-    pub(crate) backend: Option<SocketAddr>,
+    backend: Option<SocketAddr>,
     request_id: Option<HeaderValue>,
     hsts: bool,
-    pub(crate) upstream_error: Option<UpstreamErrorKind>,
+    upstream_error: Option<UpstreamErrorKind>,
     _inflight: Option<InflightGuard>,
     _upgraded: Option<UpgradedGuard>,
 }
@@ -127,6 +127,14 @@ impl RequestCtx {
             pool.metrics.upstream_error(kind);
         }
         self.upstream_error = Some(kind);
+    }
+
+    /// Counts a failed connect that will be retried once, on another backend of the pool.
+    pub(crate) fn retry_elsewhere(&mut self, kind: UpstreamErrorKind) {
+        if let Some(pool) = self.pool() {
+            pool.metrics.upstream_error(kind);
+        }
+        self.retried = true;
     }
 
     /// Whether a failed connect may be retried once, on another backend of the pool.
@@ -476,10 +484,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Box<Error> {
         let kind = error_kind(&e);
         if ctx.may_retry_elsewhere() {
-            if let Some(pool) = ctx.pool() {
-                pool.metrics.upstream_error(kind);
-            }
-            ctx.retried = true;
+            ctx.retry_elsewhere(kind);
             e.set_retry(true);
         } else {
             ctx.upstream_failed(kind);
