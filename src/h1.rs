@@ -13,74 +13,255 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use http::header;
-use pingora_core::apps::{
-    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
-};
+use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::HttpProxy;
-use tokio::sync::Notify;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use crate::metrics::UpstreamErrorKind;
+use crate::config::Limits;
+use crate::metrics::{self, UpstreamErrorKind};
 use crate::proxy::{check_drain, error_kind, status_for, EdgeProxy, RequestCtx};
+use crate::request_head::{self, BodyFraming, Refusal, Rejection};
 use crate::upstream;
+use crate::replay::Replay;
 
-/// How long an idle keep-alive client connection is kept, in seconds (pingora's default for
-/// a connection's first request; nginx's is 75).
-const CLIENT_KEEPALIVE_S: u64 = 60;
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A request body must bring at least this much per `body_timeout_s` (or end): the timer is
+/// not restarted by a byte at a time, so a body trickled to hold a connection is cut off
+/// (Apache's mod_reqtimeout MinRate, in spirit).
+const BODY_PROGRESS_BYTES: u64 = 1024;
+
+/// After a refusal, how long the proxy keeps reading (and discarding) what the client still
+/// sends, so its unread bytes do not turn the close into a reset that destroys the response
+/// (nginx's lingering close).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// First read buffer of a request head; it grows up to `max_header_bytes`.
+const HEAD_BUFFER: usize = 4096;
 
 /// How long one write to a client may wait for it to read (nginx's `send_timeout`).
 const CLIENT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The client side of both proxy listeners: the connection cap, the request-head deadline and
+/// checks (`crate::request_head`), keep-alive, and the hand-over of HTTP/2 connections to
+/// pingora-proxy.
 pub struct EdgeApp {
     edge: EdgeProxy,
     /// pingora-proxy over the same `EdgeProxy`, for HTTP/2 clients.
     h2: Arc<HttpProxy<EdgeProxy>>,
+    /// `[limits] max_connections`, shared by every listener of the instance.
+    connections: Arc<Semaphore>,
     /// Set when the listener stops; wakes keep-alive connections waiting for a request.
     closing: AtomicBool,
     closing_wakeup: Notify,
 }
 
+/// How reading a request head ended, when it did not give a head.
+enum HeadEnd {
+    /// The client closed, stayed idle past the keep-alive timeout, or the server is stopping:
+    /// close without a word.
+    Close,
+    /// Refused: answer, linger, close.
+    Refuse(Refusal),
+}
+
 impl EdgeApp {
-    pub fn new(conf: &Arc<ServerConf>, edge: EdgeProxy) -> EdgeApp {
+    pub fn new(conf: &Arc<ServerConf>, edge: EdgeProxy, connections: Arc<Semaphore>) -> EdgeApp {
+        let limits = edge.shared.snapshot.load().config.limits;
+        let mut h2 = pingora_proxy::http_proxy(conf, edge.clone());
+        let mut options = HttpServerOptions::default();
+        // An HTTP/2 connection with no open stream is closed after the keep-alive timeout.
+        options.h2_idle_timeout = Some(limits.idle_timeout);
+        h2.server_options = Some(options);
+        let mut h2_options = pingora_core::protocols::http::v2::server::default_h2_options();
+        h2_options
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_bytes as u32);
+        h2.h2_options = Some(h2_options);
         EdgeApp {
-            h2: Arc::new(pingora_proxy::http_proxy(conf, edge.clone())),
+            h2: Arc::new(h2),
             edge,
+            connections,
             closing: AtomicBool::new(false),
             closing_wakeup: Notify::new(),
         }
     }
 
+    /// Waits for a connection slot: beyond `max_connections`, accepted connections wait
+    /// here, unread, until another closes (the permit goes with the connection).
+    pub async fn admit_connection(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().acquire_owned().await.ok()
+    }
+
+    /// Serves one client connection (TLS already terminated) until it closes. `accepted` is
+    /// when it was accepted: the first request head must be complete by `header_timeout`
+    /// after it.
+    pub async fn serve_connection(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        accepted: Instant,
+    ) {
+        let limits = self.edge.shared.snapshot.load().config.limits;
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.serve_h2(stream, shutdown, &limits, accepted).await;
+        }
+        let mut stream = stream;
+        let mut buf = BytesMut::new();
+        let mut first = true;
+        loop {
+            let limits = if first {
+                limits
+            } else {
+                self.edge.shared.snapshot.load().config.limits
+            };
+            let deadline = first.then(|| accepted + limits.header_timeout);
+            let head = match self.read_head(&mut stream, &mut buf, &limits, deadline).await {
+                Ok(head) => head,
+                Err(HeadEnd::Close) => return,
+                Err(HeadEnd::Refuse(refusal)) => return refuse(stream, refusal).await,
+            };
+            let mut session = ServerSession::new_http1(stream);
+            // pingora parses the head again from these bytes without reading (it was checked
+            // above); what follows it is the start of the body or of pipelined requests.
+            session.set_pipelined_prefix(std::mem::take(&mut buf));
+            session.set_keepalive(Some(limits.idle_timeout.as_secs()));
+            match self.serve(session, shutdown, head, &limits).await {
+                Some((next, rest)) => {
+                    stream = next;
+                    buf = rest.unwrap_or_default();
+                    first = false;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// HTTP/2: the client's preface must arrive within `header_timeout`; pingora-proxy serves
+    /// the connection from there (idle and stream limits set in `new`).
+    async fn serve_h2(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+        limits: &Limits,
+        accepted: Instant,
+    ) {
+        let mut preface = [0u8; H2_PREFACE.len()];
+        let read = tokio::time::timeout_at(
+            accepted + limits.header_timeout,
+            stream.read_exact(&mut preface),
+        )
+        .await;
+        match read {
+            Ok(Ok(_)) if preface == H2_PREFACE => {}
+            Err(_) => {
+                metrics::global().rejected(Rejection::Timeout);
+                return;
+            }
+            _ => {
+                metrics::global().rejected(Rejection::BadFraming);
+                return;
+            }
+        }
+        let stream: Stream = Box::new(Replay::new(stream, &preface));
+        let _ = ServerApp::process_new(&self.h2, stream, shutdown).await;
+    }
+
+    /// Reads one request head into `buf` (which may already hold pipelined bytes) and checks
+    /// it. The wait for its first byte is the keep-alive idle time; from the first byte (or
+    /// from `deadline`, for a connection's first request) the whole head must arrive within
+    /// `header_timeout` — one deadline, not a timer per read, so a byte a second does not
+    /// hold the connection (slowloris).
+    async fn read_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        deadline: Option<Instant>,
+    ) -> std::result::Result<request_head::CheckedHead, HeadEnd> {
+        let mut deadline = deadline;
+        if buf.is_empty() {
+            let closing = self.closing_wakeup.notified();
+            if self.closing.load(Ordering::Acquire) {
+                return Err(HeadEnd::Close);
+            }
+            buf.reserve(HEAD_BUFFER);
+            let wait = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+            let read = tokio::select! {
+                biased;
+                read = tokio::time::timeout_at(wait, stream.read_buf(buf)) => read,
+                _ = closing => return Err(HeadEnd::Close),
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, failed or idle: nothing was asked, nothing to answer.
+                _ => return Err(HeadEnd::Close),
+            }
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+        let mut scanned = 0;
+        loop {
+            if let Some(end) = request_head::find_head_end(buf, scanned) {
+                if end > limits.max_header_bytes {
+                    return Err(HeadEnd::Refuse(request_head::oversized(
+                        buf,
+                        limits.max_header_bytes,
+                    )));
+                }
+                return request_head::check_head(&buf[..end], limits).map_err(HeadEnd::Refuse);
+            }
+            if buf.len() > limits.max_header_bytes {
+                return Err(HeadEnd::Refuse(request_head::oversized(
+                    buf,
+                    limits.max_header_bytes,
+                )));
+            }
+            scanned = buf.len();
+            buf.reserve(HEAD_BUFFER.min(limits.max_header_bytes + 1 - buf.len()).max(1));
+            match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(HeadEnd::Close),
+                Err(_) => {
+                    return Err(HeadEnd::Refuse(Refusal::new(408, Rejection::Timeout)));
+                }
+            }
+        }
+    }
+
+    /// One request on a connection whose head was checked: returns the connection (and any
+    /// bytes read past this request) when it may serve another.
     async fn serve(
         &self,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        // An idle keep-alive connection waits here; the server stopping ends the wait.
-        let closing = self.closing_wakeup.notified();
-        if self.closing.load(Ordering::Acquire) {
-            return None;
-        }
+        head: request_head::CheckedHead,
+        limits: &Limits,
+    ) -> Option<(Stream, Option<BytesMut>)> {
         // Requests sent before the previous response ended (pipelining, RFC 9112 §9.3.2) are
         // kept and served in order instead of ending the connection.
         session.set_pipelining_enabled(true);
-        let read = tokio::select! {
-            biased;
-            read = session.read_request() => read,
-            _ = closing => return None,
-        };
-        match read {
+        match session.read_request().await {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => {
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    metrics::global().rejected(Rejection::BadRequest);
                     let _ = session.respond_error(400).await;
                 }
                 return None;
@@ -90,10 +271,18 @@ impl EdgeApp {
             // Finish this request, then close: the server is draining.
             session.set_keepalive(None);
         } else if session.get_keepalive() == Some(0) {
-            // pingora reads "keep-alive" as "forever"; an idle client gets 60 s, like the
-            // first request of the connection (and nginx's 75 s).
-            session.set_keepalive(Some(CLIENT_KEEPALIVE_S));
+            // pingora reads "keep-alive" as "forever"; an idle client gets the idle timeout.
+            session.set_keepalive(Some(limits.idle_timeout.as_secs()));
         }
+        if let Err(refusal) = crate::proxy::sanitize_request(session.req_header_mut()) {
+            metrics::global().rejected(refusal.reason);
+            session.set_keepalive(None);
+            let _ = session.respond_error(refusal.status).await;
+            self.edge
+                .record(session.req_header(), refusal.status, None, &RequestCtx::new());
+            return None;
+        }
+        session.set_read_timeout(Some(limits.body_timeout));
         // A client that stops reading its response is dropped after this long per write
         // (nginx's send_timeout), so it cannot hold a request in flight, or a drain, forever.
         session.set_write_timeout(Some(CLIENT_SEND_TIMEOUT));
@@ -106,7 +295,12 @@ impl EdgeApp {
         }
 
         let mut ctx = RequestCtx::new();
-        let result = self.proxy(&mut session, &mut ctx).await;
+        let body = BodyLimits {
+            framing: head.body,
+            max_bytes: limits.max_body_bytes,
+            timeout: limits.body_timeout,
+        };
+        let result = self.proxy(&mut session, &mut ctx, &body).await;
         let status = final_status(&session);
         self.edge.record(
             session.req_header(),
@@ -118,14 +312,18 @@ impl EdgeApp {
         if result.is_err() {
             return None; // dropping the session closes the connection
         }
-        let settings = HttpPersistentSettings::for_session(&session);
         let reusable = session.finish().await.ok()??;
-        Some(ReusedHttpStream::from_reusable_stream(reusable, settings))
+        Some(reusable.into_parts())
     }
 
     /// One request, from its header to the end of its response. An `Err` closes the client's
     /// connection; a 502/504 has been sent when no response had started.
-    async fn proxy(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
+    async fn proxy(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut RequestCtx,
+        body: &BodyLimits,
+    ) -> Result<()> {
         if let Some(local) = self
             .edge
             .admit(session.req_header(), session.client_addr(), ctx)
@@ -153,12 +351,40 @@ impl EdgeApp {
                     .await
                     .map_err(|e| e.into_down())?;
             }
+            let mut read = 0u64;
+            let mut progress_mark = 0u64;
+            let mut deadline = Instant::now() + body.timeout;
             loop {
-                let chunk = match session.read_request_body().await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(e) => return Err(bad_request_body(session, e).await),
+                let next = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+                let chunk = match next {
+                    Ok(Ok(Some(chunk))) => chunk,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(e)) => return Err(bad_request_body(session, e).await),
+                    Err(_) => {
+                        let e = Error::explain(ErrorType::ReadTimedout, "request body too slow");
+                        return Err(bad_request_body(session, e).await);
+                    }
                 };
+                // pingora's chunked reader yields an empty chunk when a chunk-size line is
+                // split across reads; written upstream, it would be the body's terminator.
+                if chunk.is_empty() {
+                    continue;
+                }
+                read += chunk.len() as u64;
+                if body.max_bytes > 0 && read > body.max_bytes {
+                    // Only a chunked body gets here (a length is checked with the head). The
+                    // upstream connection is dropped unfinished: the backend never gets a
+                    // whole request.
+                    metrics::global().rejected(Rejection::TooLarge);
+                    session.set_keepalive(None);
+                    let _ = session.respond_error(413).await;
+                    return Err(Error::explain(ErrorType::InvalidHTTPHeader, "body too large")
+                        .into_down());
+                }
+                if read - progress_mark >= BODY_PROGRESS_BYTES {
+                    progress_mark = read;
+                    deadline = Instant::now() + body.timeout;
+                }
                 check_drain(ctx)?;
                 if let Err(e) = up.write_body(&chunk).await {
                     return Err(self.upstream_error(session, ctx, e).await);
@@ -389,6 +615,7 @@ async fn tunnel(
         tokio::select! {
             read = session.read_request_body(), if client_open => {
                 match read.map_err(|e| e.into_down())? {
+                    Some(chunk) if chunk.is_empty() => {}
                     Some(chunk) => {
                         check_drain(ctx)?;
                         up.write_body(&chunk).await.map_err(|e| e.into_up())?;
@@ -444,11 +671,13 @@ fn closed_under_us(e: &Error) -> bool {
 /// nothing when the client is gone.
 async fn bad_request_body(session: &mut ServerSession, e: Box<Error>) -> Box<Error> {
     let status = match e.etype() {
-        ErrorType::ReadTimedout => Some(408),
+        ErrorType::ReadTimedout => Some((408, Rejection::Timeout)),
         ErrorType::ConnectionClosed | ErrorType::ReadError => None,
-        _ => Some(400),
+        _ => Some((400, Rejection::BadFraming)),
     };
-    if let Some(status) = status {
+    if let Some((status, reason)) = status {
+        metrics::global().rejected(reason);
+        session.set_keepalive(None);
         if session.response_written().is_none() {
             let _ = session.respond_error(status).await;
         }
@@ -498,30 +727,52 @@ fn expects_continue(req: &RequestHeader) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-#[async_trait]
-impl HttpServerApp for EdgeApp {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        if session.is_http2() {
-            return self.h2.process_new_http(session, shutdown).await;
+/// What a request body may take: its framing (from the checked head), its size and time.
+struct BodyLimits {
+    #[allow(dead_code)]
+    framing: BodyFraming,
+    max_bytes: u64,
+    timeout: Duration,
+}
+
+/// Answers a refused request and closes the connection, reading what the client still sends
+/// for a moment so the answer is not lost to a reset.
+async fn refuse(mut stream: Stream, refusal: Refusal) {
+    metrics::global().rejected(refusal.reason);
+    let write = async {
+        stream.write_all(refusal.response()).await?;
+        stream.flush().await
+    };
+    if tokio::time::timeout(LINGER, write).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let linger = async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
         }
-        self.serve(session, shutdown).await
+    };
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}
+
+/// The plain HTTP listener.
+#[async_trait]
+impl ServerApp for EdgeApp {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let _permit = self.admit_connection().await?;
+        let accepted = Instant::now();
+        self.serve_connection(io, shutdown, accepted).await;
+        None
     }
 
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        self.h2.server_options.as_ref()
-    }
-
-    fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
-        self.h2.h2_options.clone()
-    }
-
-    async fn http_cleanup(&self) {
+    async fn cleanup(&self) {
         self.closing.store(true, Ordering::Release);
         self.closing_wakeup.notify_waiters();
-        HttpServerApp::http_cleanup(&*self.h2).await;
+        pingora_core::apps::HttpServerApp::http_cleanup(&*self.h2).await;
     }
 }

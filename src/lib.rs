@@ -20,6 +20,8 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod release;
+pub mod replay;
+pub mod request_head;
 pub mod routing;
 pub mod server;
 pub mod shared;

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::request_head::Rejection;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub cert_expiry: GaugeVec,
     pub acme_orders: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// Indexed like `Rejection::ALL`; resolved once, so a refusal is one atomic add.
+    rejected: Vec<IntCounter>,
     pools: Mutex<HashMap<(String, &'static str), Arc<PoolMetrics>>>,
     unrouted: OnceLock<Arc<PoolMetrics>>,
 }
@@ -190,6 +193,18 @@ impl Metrics {
                 "Config reloads, by result.",
                 &["result"],
             ),
+            rejected: {
+                let v = cv(
+                    "switchyard_rejected_requests_total",
+                    "Requests refused before reaching a backend (limits, framing, bad Host \
+                     or path), by reason.",
+                    &["reason"],
+                );
+                Rejection::ALL
+                    .iter()
+                    .map(|r| v.with_label_values(&[r.as_str()]))
+                    .collect()
+            },
             registry: r,
             pools: Mutex::new(HashMap::new()),
             unrouted: OnceLock::new(),
@@ -220,6 +235,11 @@ impl Metrics {
                 })
                 .collect(),
         })
+    }
+
+    /// Counts a request refused before it reached a backend.
+    pub fn rejected(&self, reason: Rejection) {
+        self.rejected[reason as usize].inc();
     }
 
     /// Requests that matched no route (service and color labels empty).

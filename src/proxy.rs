@@ -25,6 +25,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::metrics::{self, UpstreamErrorKind};
 use crate::pool::{Pool, PoolLoad};
+use crate::request_head::{normalize_path, Refusal, Rejection};
 use crate::shared::Shared;
 use crate::snapshot::ServiceRuntime;
 use crate::tls::store::CertStore;
@@ -284,9 +285,15 @@ impl EdgeProxy {
                 });
             }
         }
+        let host = request_host(req);
+        if !host.is_empty() && !crate::request_head::valid_host(host) {
+            // Never routed, never echoed into a redirect.
+            metrics::global().rejected(Rejection::BadRequest);
+            return Some(LocalResponse::text(400, b"bad host\n"));
+        }
         let found = snapshot
             .routes
-            .lookup(request_host(req), req.uri.path())
+            .lookup(host, req.uri.path())
             .map(|i| &snapshot.services[i]);
         let Some(service) = found else {
             return Some(LocalResponse::text(404, b"no route for this host\n"));
@@ -330,11 +337,13 @@ impl EdgeProxy {
         strip_hop_by_hop(upstream, upgrade)?;
 
         if let Some(addr) = client.and_then(|a| a.as_inet()) {
-            // One buffer, handed to the header without a copy: `prev, ip` or `ip`.
-            let prev = upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
-            let mut buf = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 45);
-            if let Some(p) = prev {
-                buf.extend_from_slice(p);
+            // One buffer, handed to the header without a copy: `prev, ip` or `ip`, where
+            // `prev` joins every X-Forwarded-For line the client sent, in order.
+            let prev = upstream.headers.get_all(&X_FORWARDED_FOR);
+            let prev_len: usize = prev.iter().map(|v| v.len() + 2).sum();
+            let mut buf = Vec::with_capacity(prev_len + 45);
+            for p in prev.iter() {
+                buf.extend_from_slice(p.as_bytes());
                 buf.extend_from_slice(b", ");
             }
             let _ = write!(buf, "{}", addr.ip());
@@ -447,6 +456,11 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Err(refusal) = sanitize_request(session.req_header_mut()) {
+            metrics::global().rejected(refusal.reason);
+            respond(session, LocalResponse::text(refusal.status, b"bad request\n")).await?;
+            return Ok(true);
+        }
         match self.admit(session.req_header(), session.client_addr(), ctx) {
             Some(local) => {
                 respond(session, local).await?;
@@ -578,6 +592,48 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
+/// Makes a request unambiguous before it is routed, on both request paths: the path
+/// normalised (what prefixes match and what the backend gets; `Err` when it climbs above
+/// `/`), an Upgrade other than WebSocket dropped (h2c and friends are not proxied), framing
+/// headers in their one canonical form (the head checks allow a little whitespace).
+pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(), Refusal> {
+    const BAD: Refusal = Refusal::new(400, Rejection::BadRequest);
+    let normalized = match req.uri.path_and_query() {
+        Some(pq) => match normalize_path(pq.as_str())? {
+            std::borrow::Cow::Owned(p) => Some(p),
+            std::borrow::Cow::Borrowed(_) => None,
+        },
+        None => None,
+    };
+    if let Some(p) = normalized {
+        let mut parts = req.uri.clone().into_parts();
+        parts.path_and_query = Some(p.parse().map_err(|_| BAD)?);
+        req.set_uri(http::Uri::from_parts(parts).map_err(|_| BAD)?);
+    }
+    if let Some(up) = req.headers.get(header::UPGRADE) {
+        if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
+            req.remove_header(&header::UPGRADE);
+        }
+    }
+    if let Some(te) = req.headers.get(header::TRANSFER_ENCODING) {
+        if te.as_bytes() != b"chunked" {
+            let _ = req.insert_header(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        }
+    }
+    if let Some(cl) = req.headers.get(header::CONTENT_LENGTH) {
+        let v = cl.as_bytes();
+        let canonical = !v.is_empty() && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);
+        if !canonical {
+            let n: u64 = std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or(Refusal::new(400, Rejection::BadFraming))?;
+            let _ = req.insert_header(header::CONTENT_LENGTH, n);
+        }
+    }
+    Ok(())
+}
+
 /// An upgraded connection stays on the color it opened on until it closes or that color's
 /// drain timeout passes; then the next frame in either direction closes it.
 #[inline]
@@ -624,13 +680,29 @@ impl EditHeaders for ResponseHeader {
     }
 }
 
+/// Headers a `Connection` token may never remove: the message's own identity and framing,
+/// and what the proxy itself sets (RFC 9110 §7.6.1 lets a sender name only hop-by-hop
+/// fields; a client naming these is trying to confuse the backend).
+fn protected(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == &X_FORWARDED_FOR
+        || name == &X_FORWARDED_PROTO
+        || name == &X_FORWARDED_HOST
+        || name == &X_REQUEST_ID
+}
+
 fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {
-    if let Some(conn) = h.headers().get(header::CONNECTION) {
-        // Headers named in Connection are hop-by-hop too (rare; allocation only then).
-        let listed: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+    if h.headers().contains_key(header::CONNECTION) {
+        // Headers named in Connection are hop-by-hop too (rare; allocation only then). Every
+        // Connection line counts, not only the first.
+        let listed: Vec<HeaderName> = h
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("").split(','))
             .map(str::trim)
             .filter(|t| {
                 !t.eq_ignore_ascii_case("upgrade")
@@ -638,6 +710,7 @@ fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {
                     && !t.eq_ignore_ascii_case("keep-alive")
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !protected(n))
             .collect();
         for name in &listed {
             h.remove(name);

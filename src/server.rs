@@ -95,6 +95,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let conf = server.configuration.clone();
 
     let mut services: Vec<Box<dyn pingora_core::services::ServiceWithDependents>> = Vec::new();
+    // `[limits] max_connections` covers every client listener together.
+    let connections = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     if let Some(http) = config.listen.http {
         let edge = EdgeProxy {
             shared: shared.clone(),
@@ -102,7 +104,8 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             certs: certs.as_ref().map(|c| c.store.clone()),
             https_port: config.listen.https.map(|a| a.port()),
         };
-        let mut proxy = Service::new("proxy http".to_string(), EdgeApp::new(&conf, edge));
+        let app = EdgeApp::new(&conf, edge, connections.clone());
+        let mut proxy = Service::new("proxy http".to_string(), app);
         proxy.add_listener(client_listener(http, PLAIN_CLIENT_READ_BUFFER));
         services.push(Box::new(proxy));
     }
@@ -113,7 +116,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             certs: Some(certs.store.clone()),
             https_port: Some(https.port()),
         };
-        let proxy = EdgeApp::new(&conf, edge);
+        let proxy = Arc::new(EdgeApp::new(&conf, edge, connections.clone()));
         let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
         let mut svc = Service::new("proxy https".to_string(), front);
         svc.add_listener(client_listener(https, TLS_CLIENT_READ_BUFFER));

@@ -20,6 +20,7 @@ pub struct FileConfig {
     pub state: Option<Spanned<FileState>>,
     pub tls: Option<Spanned<FileTls>>,
     pub log: Option<Spanned<FileLog>>,
+    pub limits: Option<Spanned<FileLimits>>,
     #[serde(default)]
     pub route: Vec<Spanned<FileRoute>>,
     #[serde(default)]
@@ -39,6 +40,19 @@ pub struct FileListen {
 pub struct FileServer {
     pub threads: Option<Spanned<usize>>,
     pub grace_s: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub header_timeout_s: Option<Spanned<u64>>,
+    pub body_timeout_s: Option<Spanned<u64>>,
+    pub idle_timeout_s: Option<Spanned<u64>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_headers: Option<Spanned<u64>>,
+    pub max_body_bytes: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub h2_max_concurrent_streams: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,11 +10,21 @@ use toml_edit::{ImDocument, Item, TableLike};
 fn allowed(pattern: &str) -> Option<&'static [&'static str]> {
     Some(match pattern {
         "" => &[
-            "listen", "server", "admin", "state", "tls", "log", "route", "service",
+            "listen", "server", "admin", "state", "tls", "log", "limits", "route", "service",
         ],
         "listen" => &["http", "https", "admin"],
         "server" => &["threads", "grace_s"],
         "admin" => &["token_file"],
+        "limits" => &[
+            "header_timeout_s",
+            "body_timeout_s",
+            "idle_timeout_s",
+            "max_header_bytes",
+            "max_headers",
+            "max_body_bytes",
+            "max_connections",
+            "h2_max_concurrent_streams",
+        ],
         "state" => &["dir"],
         "log" => &["format", "level", "access"],
         "tls" => &[

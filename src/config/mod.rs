@@ -107,6 +107,44 @@ pub struct TlsConfig {
     pub files: BTreeMap<String, (PathBuf, PathBuf)>,
 }
 
+/// `[limits]`: what one client may take of an instance (see docs/config.md). The defaults
+/// follow nginx and HAProxy at an internet edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole request head must arrive within this, from its first byte (or from the
+    /// accept, for a connection's first request): slowloris.
+    pub header_timeout: Duration,
+    /// Longest wait for request body progress (see `edge::conn` for what counts).
+    pub body_timeout: Duration,
+    /// A keep-alive connection idle this long between requests is closed.
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// 0 = unlimited.
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 65_536,
+            max_headers: 100,
+            max_body_bytes: 0,
+            max_connections: 20_000,
+            h2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// The most headers `[limits] max_headers` may allow: pingora's h1 codec parses at most this
+/// many (its `MAX_HEADERS`).
+pub const MAX_HEADERS_CAP: usize = 256;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Lower-case; `*.example.com` for a wildcard.
@@ -187,6 +225,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub access_log: bool,
+    pub limits: Limits,
     pub tls: Option<TlsConfig>,
     pub routes: Vec<Route>,
     pub services: BTreeMap<String, ServiceConfig>,
@@ -414,6 +453,7 @@ impl Validator<'_> {
         let mut state = None;
         let mut tls = None;
         let mut log = None;
+        let mut limits = None;
         let mut routes: Vec<(usize, Spanned<FileRoute>)> = Vec::new();
         let mut services: BTreeMap<String, (usize, Spanned<String>, Spanned<FileService>)> =
             BTreeMap::new();
@@ -424,6 +464,7 @@ impl Validator<'_> {
             self.single("state", &mut state, f, fc.state);
             self.single("tls", &mut tls, f, fc.tls);
             self.single("log", &mut log, f, fc.log);
+            self.single("limits", &mut limits, f, fc.limits);
             routes.extend(fc.route.into_iter().map(|r| (f, r)));
             for (name, svc) in fc.service {
                 let key = format!("service.{}", name.get_ref());
@@ -481,6 +522,8 @@ impl Validator<'_> {
                 grace = Duration::from_secs(*g.get_ref());
             }
         }
+
+        let limits = self.limits(limits.as_ref());
 
         let state_dir = state
             .as_ref()
@@ -647,10 +690,54 @@ impl Validator<'_> {
             log_format,
             log_level,
             access_log,
+            limits,
             tls,
             routes: out_routes,
             services: out_services,
         })
+    }
+
+    fn limits(&mut self, section: Option<&(usize, Spanned<FileLimits>)>) -> Limits {
+        let mut out = Limits::default();
+        let Some((f, l)) = section else { return out };
+        let (f, l) = (*f, l.get_ref());
+        let mut positive = |v: &Option<Spanned<u64>>, key: &str, min: u64, max: u64| {
+            let v = v.as_ref()?;
+            let n = *v.get_ref();
+            if n < min || n > max {
+                self.at(f, v, key, format!("must be between {min} and {max}"));
+                return None;
+            }
+            Some(n)
+        };
+        let day = 86_400;
+        if let Some(n) = positive(&l.header_timeout_s, "limits.header_timeout_s", 1, day) {
+            out.header_timeout = Duration::from_secs(n);
+        }
+        if let Some(n) = positive(&l.body_timeout_s, "limits.body_timeout_s", 1, day) {
+            out.body_timeout = Duration::from_secs(n);
+        }
+        if let Some(n) = positive(&l.idle_timeout_s, "limits.idle_timeout_s", 1, day) {
+            out.idle_timeout = Duration::from_secs(n);
+        }
+        if let Some(n) = positive(&l.max_header_bytes, "limits.max_header_bytes", 1024, 1 << 20) {
+            out.max_header_bytes = n as usize;
+        }
+        let cap = MAX_HEADERS_CAP as u64;
+        if let Some(n) = positive(&l.max_headers, "limits.max_headers", 1, cap) {
+            out.max_headers = n as usize;
+        }
+        if let Some(n) = positive(&l.max_body_bytes, "limits.max_body_bytes", 0, u64::MAX) {
+            out.max_body_bytes = n;
+        }
+        if let Some(n) = positive(&l.max_connections, "limits.max_connections", 1, 10_000_000) {
+            out.max_connections = n as usize;
+        }
+        let key = "limits.h2_max_concurrent_streams";
+        if let Some(n) = positive(&l.h2_max_concurrent_streams, key, 1, 10_000) {
+            out.h2_max_concurrent_streams = n as u32;
+        }
+        out
     }
 
     fn addrs(&mut self, f: usize, list: &SpannedAddrs, key: &str) -> Vec<SocketAddr> {

@@ -42,10 +42,10 @@ pub struct TlsFront {
 }
 
 impl TlsFront {
-    pub fn new(config: Arc<ServerConfig>, proxy: EdgeApp) -> TlsFront {
+    pub fn new(config: Arc<ServerConfig>, proxy: Arc<EdgeApp>) -> TlsFront {
         TlsFront {
             acceptor: Acceptor::from_server_config(config),
-            proxy: Arc::new(proxy),
+            proxy,
         }
     }
 }
@@ -54,6 +54,9 @@ impl TlsFront {
 impl ServerApp for TlsFront {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         // The listener hands us a boxed plain TCP stream; the handshake wants the concrete type.
+        // The connection cap counts TLS connections from before their handshake.
+        let _permit = self.proxy.admit_connection().await?;
+        let accepted = tokio::time::Instant::now();
         let Ok(tcp) = io.into_any().downcast::<L4Stream>() else {
             tracing::error!("HTTPS listener got a stream that is not TCP");
             return None;
@@ -79,19 +82,13 @@ impl ServerApp for TlsFront {
             // The validator only needed the handshake.
             return None;
         }
-        // Keep-alive reuse comes back here; keep it inside this connection's loop so the
-        // outer accept loop never tries to handshake an already-encrypted stream.
-        let mut stream: Stream = Box::new(tls);
-        loop {
-            match ServerApp::process_new(&self.proxy, stream, shutdown).await {
-                Some(reused) => stream = reused,
-                None => return None,
-            }
-        }
+        let stream: Stream = Box::new(tls);
+        self.proxy.serve_connection(stream, shutdown, accepted).await;
+        None
     }
 
     async fn cleanup(&self) {
         // The listener stopped: wake idle keep-alive connections so they close (SIGTERM).
-        pingora_core::apps::HttpServerApp::http_cleanup(&*self.proxy).await;
+        ServerApp::cleanup(&*self.proxy).await;
     }
 }
