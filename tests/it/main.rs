@@ -9,6 +9,7 @@ mod demo;
 mod errors;
 mod h1_path;
 mod health;
+mod hostile;
 mod lifecycle;
 mod metrics;
 mod release;

@@ -9,6 +9,7 @@ pub mod faulty;
 pub mod pebble;
 mod proxy;
 mod raw;
+pub mod recorder;
 pub mod release;
 pub mod tls;
 

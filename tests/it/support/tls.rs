@@ -460,6 +460,39 @@ impl TlsConn {
         .context("HTTP/1.1 request timed out")?
     }
 
+    /// Reads one HTTP/1.1 response (after requests written with `send`), within 15 s.
+    pub async fn response(&mut self) -> anyhow::Result<RawResponse> {
+        tokio::time::timeout(IO_TIMEOUT, self.read_response())
+            .await
+            .context("HTTP/1.1 response timed out")?
+    }
+
+    /// Waits at most `timeout` for the server to close the connection (close_notify, EOF,
+    /// a reset or a TLS error), discarding what it sends meanwhile. Returns the plaintext
+    /// received (including what was buffered) when it closed, `None` if still open.
+    pub async fn closed_within(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let mut got = std::mem::take(&mut self.buf);
+        let closed = tokio::time::timeout(timeout, async {
+            loop {
+                let mut plain = vec![0u8; 16 * 1024];
+                loop {
+                    match self.conn.reader().read(&mut plain) {
+                        Ok(0) => return,
+                        Ok(n) => got.extend_from_slice(&plain[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => return,
+                    }
+                }
+                match self.recv().await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return,
+                }
+            }
+        })
+        .await;
+        closed.ok().map(|()| got)
+    }
+
     async fn read_response(&mut self) -> anyhow::Result<RawResponse> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {

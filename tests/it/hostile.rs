@@ -1,0 +1,1636 @@
+//! The edge against hostile clients (SPEC "Edge limits (hostile clients)" and "Routing",
+//! issue 10): chunked bodies that must arrive whole, strict HTTP/1 framing, Host and path
+//! checks, `Connection` abuse, the `[limits]` timeouts, sizes and connection cap, and the
+//! `switchyard_rejected_requests_total{reason}` counter.
+//!
+//! The clients are raw TCP (or raw TLS) connections that misbehave on purpose; the
+//! backend is `Recorder`, a raw HTTP/1.1 server that keeps every byte it receives, so
+//! "nothing of a refused request reaches a backend" is checked on the bytes, not on what a
+//! well-behaved HTTP server would report. No service has a health check, so a recorder
+//! receives only what the proxy forwards.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rustls::version::{TLS12, TLS13};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::support::recorder::{fnv, pattern, Recorder};
+use crate::support::tls::{client_config, TlsConn, TlsPorts, TlsProxy, TLS_BASE};
+use crate::support::{metric_lines, metric_value, poll_until, Proxy, RawResponse, BASE};
+
+const HOST: &str = "hostile.test";
+/// Bound on any single read or write of a test.
+const IO_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a refused connection may take to be closed after its answer.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+const REJECTED: &str = "switchyard_rejected_requests_total";
+
+// ---------------------------------------------------------------------------------------
+// Configs
+// ---------------------------------------------------------------------------------------
+
+/// `hostile.test` and `*.wild.test` routed to `rec`; `limits` is put verbatim (e.g.
+/// `"[limits]\nheader_timeout_s = 2"`).
+fn config(rec: &Recorder, limits: &str) -> String {
+    format!(
+        r#"{BASE}
+{limits}
+
+[[route]]
+host = "{HOST}"
+service = "app"
+
+[[route]]
+host = "*.wild.test"
+service = "app"
+
+[service.app]
+backends = ["{}"]
+"#,
+        rec.addr
+    )
+}
+
+/// The same routes with TLS from the internal CA (the http listener redirects to https).
+fn tls_config(rec: &Recorder, limits: &str) -> String {
+    format!(
+        r#"{TLS_BASE}
+{limits}
+
+[tls]
+issuer = "internal"
+cert_dir = "certs"
+
+[[route]]
+host = "{HOST}"
+service = "app"
+
+[[route]]
+host = "*.wild.test"
+service = "app"
+
+[service.app]
+backends = ["{}"]
+"#,
+        rec.addr
+    )
+}
+
+/// A TLS proxy in a fresh directory and the PEM of its internal CA.
+async fn tls_env(rec: &Recorder, limits: &str) -> (TlsProxy, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = TlsProxy::start(dir.path(), &tls_config(rec, limits), TlsPorts::free()).await;
+    let ca = std::fs::read_to_string(proxy.cert_dir().join("ca.crt")).expect("certs/ca.crt");
+    (proxy, dir, ca)
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw client connection
+// ---------------------------------------------------------------------------------------
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The start of `bytes`, for messages.
+fn preview(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(400)];
+    let more = if bytes.len() > 400 {
+        format!("… ({} bytes)", bytes.len())
+    } else {
+        String::new()
+    };
+    format!("{:?}{more}", String::from_utf8_lossy(shown))
+}
+
+/// One client connection to the proxy (Nagle off, so each write is its own segment);
+/// bytes read past one response stay buffered for the next.
+struct Conn {
+    r: OwnedReadHalf,
+    /// `None` once a test took it to write from another task.
+    w: Option<OwnedWriteHalf>,
+    buf: Vec<u8>,
+    /// EOF or a read error was seen.
+    eof: bool,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .expect("connect to the proxy timed out")
+            .expect("connect to the proxy");
+        s.set_nodelay(true).unwrap();
+        let (r, w) = s.into_split();
+        Conn {
+            r,
+            w: Some(w),
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// Writes all of `bytes`; an error when the proxy closed or reset the connection (or
+    /// stopped reading for 15 s).
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let w = self.w.as_mut().expect("the writer was taken");
+        match tokio::time::timeout(IO_TIMEOUT, w.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the proxy stopped reading for 15 s",
+            )),
+        }
+    }
+
+    async fn send_ok(&mut self, bytes: &[u8]) {
+        self.send(bytes).await.expect("write to the proxy");
+    }
+
+    async fn read_more(&mut self) -> Result<usize, String> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        match self.r.read(&mut chunk).await {
+            Ok(0) => {
+                self.eof = true;
+                Ok(0)
+            }
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(n)
+            }
+            Err(e) => {
+                self.eof = true;
+                Err(format!("read error ({e})"))
+            }
+        }
+    }
+
+    async fn more_or(&mut self, what: &str) -> Result<(), String> {
+        match self.read_more().await {
+            Ok(0) => Err(format!(
+                "the proxy closed the connection {what}; got {}",
+                preview(&self.buf)
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{e} {what}; got {}", preview(&self.buf))),
+        }
+    }
+
+    /// One complete response within `within`, or what happened instead.
+    async fn try_response(&mut self, within: Duration) -> Result<RawResponse, String> {
+        match tokio::time::timeout(within, self.read_response()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no complete response within {within:?}; got {}",
+                preview(&self.buf)
+            )),
+        }
+    }
+
+    async fn response(&mut self) -> RawResponse {
+        self.try_response(IO_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn read_response(&mut self) -> Result<RawResponse, String> {
+        let end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            self.more_or("before a complete response head").await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status: u16 = status_line
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not a status line: {status_line:?} (head {head:?})"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().to_string()))
+            })
+            .collect();
+        let mut resp = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if matches!(status, 100..=199 | 204 | 304) {
+            return Ok(resp);
+        }
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf, b"\r\n") {
+                        break i;
+                    }
+                    self.more_or("in a chunked response body").await?;
+                };
+                let line = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
+                let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| format!("bad chunk size line in a response: {line:?}"))?;
+                self.buf.drain(..line_end + 2);
+                if size == 0 {
+                    loop {
+                        let e = loop {
+                            if let Some(i) = find(&self.buf, b"\r\n") {
+                                break i;
+                            }
+                            self.more_or("in response trailers").await?;
+                        };
+                        self.buf.drain(..e + 2);
+                        if e == 0 {
+                            return Ok(resp);
+                        }
+                    }
+                }
+                while self.buf.len() < size + 2 {
+                    self.more_or("in a response chunk").await?;
+                }
+                resp.body.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
+            }
+        } else if let Some(len) = resp.header("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| format!("bad response content-length {len:?}"))?;
+            while self.buf.len() < len {
+                self.more_or("in a response body").await?;
+            }
+            resp.body = self.buf.drain(..len).collect();
+            Ok(resp)
+        } else {
+            // Delimited by the end of the connection.
+            while !self.eof {
+                let _ = self.read_more().await;
+            }
+            resp.body = std::mem::take(&mut self.buf);
+            Ok(resp)
+        }
+    }
+
+    /// Ok when the proxy closes the connection (EOF or a reset) within `within` without
+    /// sending anything more.
+    async fn closed_within(&mut self, within: Duration) -> Result<(), String> {
+        if !self.buf.is_empty() {
+            return Err(format!(
+                "unexpected bytes after the response: {}",
+                preview(&self.buf)
+            ));
+        }
+        if self.eof {
+            return Ok(());
+        }
+        match tokio::time::timeout(within, self.read_more()).await {
+            Ok(Ok(0)) | Ok(Err(_)) => Ok(()),
+            Ok(Ok(_)) => Err(format!(
+                "the proxy sent more bytes instead of closing: {}",
+                preview(&self.buf)
+            )),
+            Err(_) => Err(format!("the connection is still open after {within:?}")),
+        }
+    }
+
+    /// Waits until the proxy closes the connection (at most `within`), collecting what it
+    /// sends meanwhile; `None` if it is still open.
+    async fn bytes_until_close(&mut self, within: Duration) -> Option<Vec<u8>> {
+        let done = tokio::time::timeout(within, async {
+            while !self.eof {
+                let _ = self.read_more().await;
+            }
+        })
+        .await;
+        done.ok().map(|()| std::mem::take(&mut self.buf))
+    }
+}
+
+/// Sends `wire` on a new connection and checks that it gets `want` and that the
+/// connection is then closed; Err describes the first thing that went wrong.
+async fn check_refused(addr: SocketAddr, wire: &[u8], want: u16) -> Result<(), String> {
+    let mut c = Conn::open(addr).await;
+    // The proxy may answer and close before it read everything: a failed write is fine.
+    let _ = c.send(wire).await;
+    let r = c.try_response(IO_TIMEOUT).await?;
+    if r.status != want {
+        return Err(format!(
+            "got {} instead of {want}: {}",
+            r.status,
+            preview(&r.body)
+        ));
+    }
+    c.closed_within(CLOSE_WITHIN)
+        .await
+        .map_err(|e| format!("after the {want}: {e}"))
+}
+
+/// Panics listing every failure, if any.
+fn assert_no_failures(what: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{what}: {} failure(s):\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+/// `GET path` with Host `HOST` on a new connection; the response.
+async fn get(addr: SocketAddr, path: &str) -> RawResponse {
+    let mut c = Conn::open(addr).await;
+    c.send_ok(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    c.response().await
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------
+
+fn rejected_in(text: &str, reason: &str) -> f64 {
+    metric_value(text, REJECTED, &[("reason", reason)]).unwrap_or(0.0)
+}
+
+async fn rejected(proxy: &Proxy, reason: &str) -> f64 {
+    rejected_in(&proxy.metrics().await, reason)
+}
+
+/// Waits (at most 5 s) until `switchyard_rejected_requests_total{reason}` is `want`.
+async fn assert_rejected(proxy: &Proxy, reason: &str, want: f64, what: &str) {
+    let ok = poll_until(Duration::from_secs(5), || async {
+        (rejected(proxy, reason).await == want).then_some(())
+    })
+    .await;
+    if ok.is_none() {
+        let text = proxy.metrics().await;
+        panic!(
+            "{what}: {REJECTED}{{reason=\"{reason}\"}} is {}, want {want}; all samples:\n{}",
+            rejected_in(&text, reason),
+            metric_lines(&text, REJECTED).join("\n")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Chunked request bodies arrive whole (issue 10, defect 1)
+// ---------------------------------------------------------------------------------------
+
+/// xorshift64: deterministic "random" chunk sizes and split points.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// In `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+}
+
+/// The writes of `body` sent chunked, as (bytes, pause after): chunks of random sizes (up
+/// to `max_chunk`, a few tiny), every chunk-size line cut in two writes at a random point
+/// (also between CR and LF) with a pause between, chunk data in writes of at most
+/// `max_write`, and the last-chunk line cut from the final CRLF.
+fn chunked_writes(
+    body: &[u8],
+    seed: u64,
+    max_chunk: usize,
+    max_write: usize,
+) -> Vec<(Vec<u8>, bool)> {
+    let mut rng = Rng(seed | 1);
+    let mut out = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let size = if rng.range(0, 7) == 0 {
+            rng.range(1, 16)
+        } else {
+            rng.range(1, max_chunk)
+        }
+        .min(rest.len());
+        let line = format!("{size:x}\r\n").into_bytes();
+        let cut = rng.range(1, line.len() - 1);
+        out.push((line[..cut].to_vec(), true));
+        out.push((line[cut..].to_vec(), rng.range(0, 3) == 0));
+        for piece in rest[..size].chunks(max_write) {
+            out.push((piece.to_vec(), false));
+        }
+        out.push((b"\r\n".to_vec(), false));
+        rest = &rest[size..];
+    }
+    out.push((b"0\r\n".to_vec(), true));
+    out.push((b"\r\n".to_vec(), false));
+    out
+}
+
+/// Checks one echo of the recorder against the body sent.
+fn assert_echo(what: &str, resp: &RawResponse, path: &str, body: &[u8]) {
+    assert_eq!(resp.status, 200, "{what}: {}", resp.body_str());
+    let json = resp.json();
+    assert_eq!(json["path"], path, "{what}: {json}");
+    assert_eq!(
+        json["body_len"].as_u64(),
+        Some(body.len() as u64),
+        "{what}: the backend got a body of another length: {json}"
+    );
+    assert_eq!(
+        json["body_fnv"].as_str(),
+        Some(format!("{:016x}", fnv(body)).as_str()),
+        "{what}: the backend got other body bytes: {json}"
+    );
+}
+
+/// Checks that the recorder got exactly the two uploads, whole.
+fn assert_two_uploads(rec: &Recorder, first: &[u8], second: &[u8]) {
+    let reqs = rec.requests();
+    assert_eq!(
+        reqs.len(),
+        2,
+        "the backend must get exactly the two requests sent; it got {:?}",
+        rec.summaries()
+    );
+    for (req, (path, body)) in reqs.iter().zip([("/upload", first), ("/second", second)]) {
+        assert_eq!(req.method, "POST", "{}", req.summary());
+        assert_eq!(req.path(), path, "{}", req.summary());
+        assert!(
+            req.body.len() == body.len() && fnv(&req.body) == fnv(body),
+            "{path}: the backend got {} body bytes (fnv {:016x}), sent {} (fnv {:016x})",
+            req.body.len(),
+            fnv(&req.body),
+            body.len(),
+            fnv(body)
+        );
+    }
+}
+
+fn upload_head(path: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_20mb_upload_with_split_chunk_lines_arrives_whole_http() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let first = pattern(20 << 20, 0x5eed);
+    let second = pattern(100_000, 0xbeef);
+
+    let mut c = Conn::open(proxy.http_addr).await;
+    for (path, body, seed, max_chunk) in [
+        ("/upload", &first, 11, 64 * 1024),
+        ("/second", &second, 12, 4096),
+    ] {
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(120), async {
+            c.send_ok(upload_head(path).as_bytes()).await;
+            for (piece, pause) in chunked_writes(body, seed, max_chunk, 64 * 1024) {
+                c.send(&piece).await.unwrap_or_else(|e| {
+                    panic!(
+                        "{path}: the proxy stopped taking the upload ({e}); the backend got {:?}",
+                        rec.summaries()
+                    )
+                });
+                if pause {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the upload did not finish in 120 s"));
+        let resp = c.response().await;
+        eprintln!("{path}: {} bytes in {:?}", body.len(), started.elapsed());
+        assert_echo(path, &resp, path, body);
+    }
+    assert_two_uploads(&rec, &first, &second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_20mb_upload_with_split_chunk_lines_arrives_whole_https_h1() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) = tls_env(&rec, "").await;
+    let first = pattern(20 << 20, 0x5eed);
+    let second = pattern(100_000, 0xbeef);
+
+    let mut c = TlsConn::connect(
+        proxy.ports.https,
+        HOST,
+        client_config(&ca, &[&TLS13, &TLS12], &[b"http/1.1"]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("handshake: {e:?}\n{}", proxy.logs()));
+    assert_eq!(c.alpn().as_deref(), Some(&b"http/1.1"[..]));
+    for (path, body, seed) in [("/upload", &first, 21), ("/second", &second, 22)] {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            c.send(upload_head(path).as_bytes())
+                .await
+                .expect("send head");
+            // Writes of at most 16 KiB: one TLS record each (and within rustls' buffer).
+            for (piece, pause) in chunked_writes(body, seed, 48 * 1024, 16 * 1024) {
+                c.send(&piece).await.unwrap_or_else(|e| {
+                    panic!(
+                        "{path}: the proxy stopped taking the upload ({e:?}); the backend got {:?}",
+                        rec.summaries()
+                    )
+                });
+                if pause {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the upload did not finish in 120 s"));
+        let resp = c
+            .response()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e:?}; backend got {:?}", rec.summaries()));
+        assert_echo(path, &resp, path, body);
+    }
+    assert_two_uploads(&rec, &first, &second);
+}
+
+// ---------------------------------------------------------------------------------------
+// Strict HTTP/1 framing
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_framing_is_400_and_closed_and_nothing_reaches_the_backend() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let before = rejected(&proxy, "bad_framing").await;
+
+    let post = |headers: &str, body: &str| {
+        format!("POST /smuggle HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n{body}")
+    };
+    let get_next = format!("GET /smuggled HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "Content-Length and Transfer-Encoding",
+            post(
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                &format!("0\r\n\r\n{get_next}"),
+            ),
+        ),
+        (
+            "Transfer-Encoding and Content-Length",
+            post(
+                "Transfer-Encoding: chunked\r\nContent-Length: 40\r\n",
+                &format!("0\r\n\r\n{get_next}"),
+            ),
+        ),
+        (
+            "two different Content-Lengths",
+            post("Content-Length: 5\r\nContent-Length: 7\r\n", "hellowo"),
+        ),
+        (
+            "Content-Length: 5, 5",
+            post("Content-Length: 5, 5\r\n", "hello"),
+        ),
+        (
+            "two identical Content-Length lines",
+            post("Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
+        ),
+        ("Content-Length: +5", post("Content-Length: +5\r\n", "hello")),
+        ("Content-Length: 0x5", post("Content-Length: 0x5\r\n", "hello")),
+        ("Content-Length:  5 x", post("Content-Length:  5 x\r\n", "hello")),
+        (
+            "Transfer-Encoding: chunked, identity",
+            post("Transfer-Encoding: chunked, identity\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding: xchunked",
+            post("Transfer-Encoding: xchunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding: gzip, chunked",
+            post("Transfer-Encoding: gzip, chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "two Transfer-Encoding lines",
+            post(
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "5\r\nhello\r\n0\r\n\r\n",
+            ),
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!(
+                "POST /smuggle HTTP/1.0\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "whitespace before the colon (Transfer-Encoding)",
+            post("Transfer-Encoding : chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "whitespace before the colon (other header)",
+            format!("GET /smuggle HTTP/1.1\r\nHost: {HOST}\r\nX-Foo : bar\r\n\r\n"),
+        ),
+        (
+            "obs-fold (space)",
+            format!("GET /smuggle HTTP/1.1\r\nHost: {HOST}\r\nX-Foo: a\r\n b\r\n\r\n"),
+        ),
+        (
+            "obs-fold (tab) of Transfer-Encoding",
+            post("Transfer-Encoding:\r\n\tchunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, wire) in &cases {
+        if let Err(e) = check_refused(proxy.http_addr, wire.as_bytes(), 400).await {
+            failures.push(format!("{what}: {e}"));
+        }
+        if rec.raw_bytes() > 0 {
+            failures.push(format!(
+                "{what}: reached the backend: {}",
+                rec.raw_preview()
+            ));
+            break;
+        }
+    }
+    assert_no_failures("framing", &failures);
+    rec.assert_untouched("after the framing cases");
+    assert_rejected(
+        &proxy,
+        "bad_framing",
+        before + cases.len() as f64,
+        "one bad_framing per framing 400",
+    )
+    .await;
+
+    // The proxy keeps serving.
+    let r = get(proxy.http_addr, "/after").await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(rec.count(), 1, "{:?}", rec.summaries());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_chunk_size_is_400_and_closed_and_never_a_complete_request_upstream() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let before = rejected(&proxy, "bad_framing").await;
+
+    let head =
+        format!("POST /chunks HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let cases: &[(&str, &str)] = &[
+        ("zz as the first chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("0x5 as a chunk size", "0x5\r\nhello\r\n0\r\n\r\n"),
+        (
+            "a chunk size that overflows",
+            "10000000000000000000\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "zz after a good chunk",
+            "5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
+        ),
+        ("chunk data not followed by CRLF", "5\r\nhelloXX0\r\n\r\n"),
+    ];
+    let mut failures = Vec::new();
+    for (i, (what, body)) in cases.iter().enumerate() {
+        if let Err(e) =
+            check_refused(proxy.http_addr, format!("{head}{body}").as_bytes(), 400).await
+        {
+            failures.push(format!("{what}: {e}"));
+        }
+        if rec.count() > 0 {
+            failures.push(format!(
+                "{what}: the backend got a complete request: {:?}",
+                rec.summaries()
+            ));
+            break;
+        }
+        // The first chunk line comes in the same segment as the head: nothing of such a
+        // request is forwarded at all.
+        if i == 0 && rec.raw_bytes() > 0 {
+            failures.push(format!(
+                "{what}: {} bytes reached the backend: {}",
+                rec.raw_bytes(),
+                rec.raw_preview()
+            ));
+        }
+    }
+    assert_no_failures("bad chunk sizes", &failures);
+    assert_rejected(
+        &proxy,
+        "bad_framing",
+        before + cases.len() as f64,
+        "one bad_framing per bad chunk",
+    )
+    .await;
+    let r = get(proxy.http_addr, "/after").await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+}
+
+// ---------------------------------------------------------------------------------------
+// Host
+// ---------------------------------------------------------------------------------------
+
+/// Hosts that are not a valid hostname or IP literal (under the wildcard route).
+const BAD_HOSTS: &[&str] = &[
+    "evil%2ecom/x.wild.test",
+    "a%2fb.wild.test",
+    "a/b.wild.test",
+    "\"a\".wild.test",
+    "a b.wild.test",
+    "user@x.wild.test",
+    "x.wild.test/",
+    "x.wild.test\\",
+    "<x>.wild.test",
+    "hostile.test%00",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_duplicate_or_invalid_host_is_400_and_closed() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let bad_request_before = rejected(&proxy, "bad_request").await;
+    let framing_before = rejected(&proxy, "bad_framing").await;
+
+    let mut cases: Vec<(String, String)> = vec![
+        (
+            "HTTP/1.1 without Host".into(),
+            "GET /nohost HTTP/1.1\r\nAccept: */*\r\n\r\n".into(),
+        ),
+        (
+            "two identical Host lines".into(),
+            format!("GET /twohosts HTTP/1.1\r\nHost: {HOST}\r\nHost: {HOST}\r\n\r\n"),
+        ),
+        (
+            "two different Host lines".into(),
+            format!("GET /twohosts HTTP/1.1\r\nHost: {HOST}\r\nHost: x.wild.test\r\n\r\n"),
+        ),
+    ];
+    for host in BAD_HOSTS {
+        cases.push((
+            format!("Host: {host}"),
+            format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        ));
+    }
+    let mut failures = Vec::new();
+    for (what, wire) in &cases {
+        if let Err(e) = check_refused(proxy.http_addr, wire.as_bytes(), 400).await {
+            failures.push(format!("{what}: {e}"));
+        }
+    }
+    assert_no_failures("Host", &failures);
+    rec.assert_untouched("after the bad Hosts");
+
+    // Every one counted; those with an invalid Host as bad_request.
+    let text = proxy.metrics().await;
+    let bad_request = rejected_in(&text, "bad_request") - bad_request_before;
+    let framing = rejected_in(&text, "bad_framing") - framing_before;
+    assert!(
+        bad_request >= BAD_HOSTS.len() as f64 && bad_request + framing == cases.len() as f64,
+        "bad_request +{bad_request}, bad_framing +{framing} for {} bad Hosts and {} requests:\n{}",
+        BAD_HOSTS.len(),
+        cases.len(),
+        metric_lines(&text, REJECTED).join("\n")
+    );
+
+    // Valid Hosts are still served: names with ports, under the wildcard, IP literals.
+    for (host, want) in [
+        ("x.wild.test", 200),
+        ("X.Wild.Test:8080", 200),
+        ("hostile.test:80", 200),
+        ("127.0.0.1", 404),
+        ("[::1]:8080", 404),
+    ] {
+        let mut c = Conn::open(proxy.http_addr).await;
+        c.send_ok(format!("GET /ok HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await;
+        let r = c.response().await;
+        assert_eq!(r.status, want, "Host: {host}: {}", r.body_str());
+    }
+    assert_eq!(rec.count(), 3, "{:?}", rec.summaries());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_host_is_400_never_a_redirect_and_not_over_https_either() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) = tls_env(&rec, "").await;
+    let https_port = proxy.ports.https.port();
+
+    // The http listener redirects routed hosts…
+    let mut c = Conn::open(proxy.ports.http).await;
+    c.send_ok(b"GET /r?q=1 HTTP/1.1\r\nHost: a.wild.test\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 308, "{r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://a.wild.test:{https_port}/r?q=1").as_str())
+    );
+
+    // … but never with an invalid Host in the Location.
+    let mut failures = Vec::new();
+    for host in BAD_HOSTS {
+        let mut c = Conn::open(proxy.ports.http).await;
+        let _ = c
+            .send(format!("GET /r HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await;
+        match c.try_response(IO_TIMEOUT).await {
+            Ok(r) if r.status == 400 => {
+                if let Err(e) = c.closed_within(CLOSE_WITHIN).await {
+                    failures.push(format!("http, Host: {host}: after the 400: {e}"));
+                }
+            }
+            Ok(r) => failures.push(format!(
+                "http, Host: {host}: {} (location {:?}) instead of 400",
+                r.status,
+                r.header("location")
+            )),
+            Err(e) => failures.push(format!("http, Host: {host}: {e}")),
+        }
+    }
+
+    // Over https (SNI fine, Host not): 400 too.
+    for host in BAD_HOSTS {
+        let mut t = TlsConn::connect(
+            proxy.ports.https,
+            HOST,
+            client_config(&ca, &[&TLS13], &[b"http/1.1"]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("handshake: {e:?}\n{}", proxy.logs()));
+        t.send(format!("GET /s HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .expect("send");
+        match t.response().await {
+            Ok(r) if r.status == 400 => {
+                if t.closed_within(CLOSE_WITHIN).await.is_none() {
+                    failures.push(format!("https, Host: {host}: still open after the 400"));
+                }
+            }
+            Ok(r) => failures.push(format!(
+                "https, Host: {host}: {} instead of 400: {}",
+                r.status,
+                r.body_str()
+            )),
+            Err(e) => failures.push(format!("https, Host: {host}: {e:?}")),
+        }
+    }
+    assert_no_failures("invalid Host with TLS", &failures);
+    rec.assert_untouched("after the bad Hosts");
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_are_normalised_before_routing_and_climbing_is_400() {
+    let public = Recorder::start("public").await;
+    let root = Recorder::start("root").await;
+    let cfg = format!(
+        r#"{BASE}
+[[route]]
+host = "{HOST}"
+path_prefix = "/public"
+service = "public"
+
+[[route]]
+host = "{HOST}"
+service = "root"
+
+[service.public]
+backends = ["{}"]
+
+[service.root]
+backends = ["{}"]
+"#,
+        public.addr, root.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+
+    // (target sent, backend, forwarded paths accepted, forwarded query)
+    let served: &[(&str, &str, &[&str], Option<&str>)] = &[
+        ("/public/../secret", "root", &["/secret"], None),
+        ("/public/%2e%2e/secret", "root", &["/secret"], None),
+        ("/public/%2E%2E/secret", "root", &["/secret"], None),
+        ("/public/./x", "public", &["/public/x"], None),
+        ("/public/x/../y", "public", &["/public/y"], None),
+        ("/public/a/b/../../c", "public", &["/public/c"], None),
+        (
+            "/public/../secret?next=/../a/%2e%2e&x=1",
+            "root",
+            &["/secret"],
+            Some("next=/../a/%2e%2e&x=1"),
+        ),
+        (
+            "/public/x?p=../../etc",
+            "public",
+            &["/public/x"],
+            Some("p=../../etc"),
+        ),
+        ("//a", "root", &["//a", "/a"], None),
+    ];
+    let mut failures = Vec::new();
+    for (target, backend, paths, query) in served {
+        let mut c = Conn::open(proxy.http_addr).await;
+        c.send_ok(format!("GET {target} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+            .await;
+        let r = match c.try_response(IO_TIMEOUT).await {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{target}: {e}"));
+                continue;
+            }
+        };
+        if r.status != 200 {
+            failures.push(format!("{target}: {} {}", r.status, r.body_str()));
+            continue;
+        }
+        let json = r.json();
+        let got_path = json["path"].as_str().unwrap_or_default();
+        if json["backend"] != *backend
+            || !paths.contains(&got_path)
+            || json["query"].as_str() != *query
+        {
+            failures.push(format!(
+                "{target}: went to {} with path {got_path:?} query {}; want {backend} with {paths:?} query {query:?}",
+                json["backend"], json["query"]
+            ));
+        }
+    }
+    assert!(
+        public
+            .requests()
+            .iter()
+            .all(|r| !r.path().contains("secret")),
+        "the /public service served a path outside /public: {:?}",
+        public.summaries()
+    );
+
+    let before = rejected(&proxy, "bad_request").await;
+    let (public_before, root_before) = (public.raw_bytes(), root.raw_bytes());
+    let climbing = [
+        "/../secret",
+        "/a/../../b",
+        "/public/../../secret",
+        "/%2e%2e/secret",
+        "/public/%2E%2E/%2e%2e/secret",
+        "/..",
+    ];
+    for target in climbing {
+        let wire = format!("GET {target} HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+        if let Err(e) = check_refused(proxy.http_addr, wire.as_bytes(), 400).await {
+            failures.push(format!("{target}: {e}"));
+        }
+    }
+    assert_no_failures("paths", &failures);
+    assert_eq!(
+        (public.raw_bytes(), root.raw_bytes()),
+        (public_before, root_before),
+        "a climbing path reached a backend: public {:?} root {:?}",
+        public.summaries(),
+        root.summaries()
+    );
+    assert_rejected(
+        &proxy,
+        "bad_request",
+        before + climbing.len() as f64,
+        "one bad_request per climbing path",
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Headers an attacker controls
+// ---------------------------------------------------------------------------------------
+
+/// Sends `wire` on a new connection, expects a 200 from the recorder, and returns what the
+/// recorder got for it.
+async fn forwarded(
+    addr: SocketAddr,
+    rec: &Recorder,
+    wire: &str,
+) -> crate::support::recorder::RecRequest {
+    let n = rec.count();
+    let mut c = Conn::open(addr).await;
+    c.send_ok(wire.as_bytes()).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{wire:?}: {}", r.body_str());
+    let reqs = rec.requests();
+    assert_eq!(
+        reqs.len(),
+        n + 1,
+        "{wire:?}: want one more request at the backend; it has {:?}",
+        rec.summaries()
+    );
+    reqs[n].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_header_cannot_strip_host_framing_or_forwarded_headers() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let addr = proxy.http_addr;
+
+    let req = forwarded(
+        addr,
+        &rec,
+        &format!("GET /c-host HTTP/1.1\r\nHost: {HOST}\r\nConnection: host\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(
+        req.header("host").as_deref(),
+        Some(HOST),
+        "{}",
+        req.summary()
+    );
+    assert_eq!(
+        req.header("x-forwarded-host").as_deref(),
+        Some(HOST),
+        "{}",
+        req.summary()
+    );
+
+    let req = forwarded(
+        addr,
+        &rec,
+        &format!(
+            "POST /c-cl HTTP/1.1\r\nHost: {HOST}\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+    )
+    .await;
+    assert_eq!(req.body, b"hello", "{}", req.summary());
+
+    let req = forwarded(
+        addr,
+        &rec,
+        &format!(
+            "POST /c-te HTTP/1.1\r\nHost: {HOST}\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(req.body, b"hello", "{}", req.summary());
+
+    let req = forwarded(
+        addr,
+        &rec,
+        &format!(
+            "GET /c-xff HTTP/1.1\r\nHost: {HOST}\r\nConnection: x-forwarded-for, x-forwarded-proto, x-forwarded-host\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(
+        req.header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "{}",
+        req.summary()
+    );
+    assert_eq!(
+        req.header("x-forwarded-proto").as_deref(),
+        Some("http"),
+        "{}",
+        req.summary()
+    );
+    assert_eq!(
+        req.header("x-forwarded-host").as_deref(),
+        Some(HOST),
+        "{}",
+        req.summary()
+    );
+
+    // Two Connection lines: both take effect.
+    let req = forwarded(
+        addr,
+        &rec,
+        &format!(
+            "GET /c-two HTTP/1.1\r\nHost: {HOST}\r\nConnection: x-a\r\nX-A: 1\r\nX-B: 2\r\nConnection: x-b\r\nX-C: 3\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(req.header("x-a"), None, "{}", req.summary());
+    assert_eq!(req.header("x-b"), None, "{}", req.summary());
+    assert_eq!(req.header("x-c").as_deref(), Some("3"), "{}", req.summary());
+
+    // Two X-Forwarded-For lines: both kept, in order, then the client.
+    let req = forwarded(
+        addr,
+        &rec,
+        &format!(
+            "GET /xff HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(
+        req.header("x-forwarded-for").as_deref(),
+        Some("1.1.1.1, 2.2.2.2, 127.0.0.1"),
+        "{}",
+        req.summary()
+    );
+
+    // Upgrade: h2c is served as a plain request, without the Upgrade; the connection stays
+    // HTTP/1.1.
+    let mut c = Conn::open(addr).await;
+    c.send_ok(
+        format!(
+            "GET /h2c HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "Upgrade: h2c: {r:?}");
+    let req = rec.requests().pop().expect("the h2c request");
+    assert_eq!(req.path(), "/h2c", "{}", req.summary());
+    assert_eq!(req.header("upgrade"), None, "{}", req.summary());
+    assert_eq!(req.header("http2-settings"), None, "{}", req.summary());
+    c.send_ok(format!("GET /after-h2c HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "after Upgrade: h2c: {r:?}");
+    assert_eq!(r.json()["path"], "/after-h2c");
+}
+
+// ---------------------------------------------------------------------------------------
+// Sizes
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_heads_get_431_or_414_with_default_limits() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let before = rejected(&proxy, "too_large").await;
+
+    let big_header = format!(
+        "GET /big HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let fifty: String = (0..50)
+        .map(|i| format!("X-H{i:02}: {}\r\n", "b".repeat(1400)))
+        .collect();
+    let fifty = format!("GET /fifty HTTP/1.1\r\nHost: {HOST}\r\n{fifty}\r\n");
+    let headers_101: String = (0..100).map(|i| format!("X-N{i}: v\r\n")).collect();
+    let headers_101 = format!("GET /h101 HTTP/1.1\r\nHost: {HOST}\r\n{headers_101}\r\n");
+    let long_line = format!(
+        "GET /{} HTTP/1.1\r\nHost: {HOST}\r\n\r\n",
+        "p".repeat(70 * 1024)
+    );
+    let cases: [(&str, &str, u16); 4] = [
+        ("a 100 KiB header", &big_header, 431),
+        ("50 headers of 1.4 KB (a 70 KB head)", &fifty, 431),
+        ("101 headers", &headers_101, 431),
+        ("a 70 KiB request line", &long_line, 414),
+    ];
+    let mut failures = Vec::new();
+    for (what, wire, want) in cases {
+        if let Err(e) = check_refused(proxy.http_addr, wire.as_bytes(), want).await {
+            failures.push(format!("{what}: {e}"));
+        }
+    }
+    assert_no_failures("oversized heads", &failures);
+    rec.assert_untouched("after the oversized heads");
+    assert_rejected(
+        &proxy,
+        "too_large",
+        before + cases.len() as f64,
+        "one too_large per 431/414",
+    )
+    .await;
+
+    // Within the limits: a 60 000-byte header, and 100 headers in all (Host included).
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(
+        format!(
+            "GET /60k HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {}\r\n\r\n",
+            "c".repeat(60_000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "a 60 000-byte header: {}", preview(&r.body));
+    let headers_100: String = (0..99).map(|i| format!("X-N{i}: v\r\n")).collect();
+    c.send_ok(format!("GET /h100 HTTP/1.1\r\nHost: {HOST}\r\n{headers_100}\r\n").as_bytes())
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "100 headers: {}", preview(&r.body));
+    let reqs = rec.requests();
+    assert_eq!(reqs.len(), 2, "{:?}", rec.summaries());
+    assert_eq!(reqs[0].header("x-big").map(|v| v.len()), Some(60_000));
+    assert_eq!(reqs[1].header("x-n98").as_deref(), Some("v"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_body_bytes_gives_413_before_forwarding() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "[limits]\nmax_body_bytes = 1000")).await;
+    let before = rejected(&proxy, "too_large").await;
+
+    // Content-Length beyond: 413 on the head alone, before any body is sent.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(
+        format!("POST /cl HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 2000\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let r = c
+        .try_response(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("Content-Length 2000 > max_body_bytes 1000: {e}"));
+    assert_eq!(r.status, 413, "{}", r.body_str());
+    c.closed_within(CLOSE_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("after the 413: {e}"));
+    rec.assert_untouched("Content-Length beyond max_body_bytes");
+
+    // Chunked beyond: 413, and the backend never gets a complete request.
+    let mut c = Conn::open(proxy.http_addr).await;
+    let chunk = format!("258\r\n{}\r\n", "d".repeat(600));
+    c.send_ok(
+        format!(
+            "POST /chunked HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}"
+        )
+        .as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = c.send(chunk.as_bytes()).await;
+    let r = c
+        .try_response(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("a chunked body over max_body_bytes: {e}"));
+    assert_eq!(r.status, 413, "{}", r.body_str());
+    c.closed_within(CLOSE_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("after the chunked 413: {e}"));
+    // Were the end of the body sent now, it must not complete a request upstream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        rec.count(),
+        0,
+        "a body over max_body_bytes reached the backend whole: {:?}",
+        rec.summaries()
+    );
+    assert_rejected(&proxy, "too_large", before + 2.0, "two 413s").await;
+
+    // Within the limit: exactly 1000 bytes, either way.
+    let body = pattern(1000, 3);
+    let mut c = Conn::open(proxy.http_addr).await;
+    let mut wire = format!("POST /ok-cl HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1000\r\n\r\n")
+        .into_bytes();
+    wire.extend_from_slice(&body);
+    c.send_ok(&wire).await;
+    assert_echo(
+        "1000 bytes by Content-Length",
+        &c.response().await,
+        "/ok-cl",
+        &body,
+    );
+    let mut wire = upload_head("/ok-chunked").into_bytes();
+    for (piece, _) in chunked_writes(&body, 5, 300, 300) {
+        wire.extend_from_slice(&piece);
+    }
+    c.send_ok(&wire).await;
+    assert_echo(
+        "1000 bytes chunked",
+        &c.response().await,
+        "/ok-chunked",
+        &body,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Timeouts
+// ---------------------------------------------------------------------------------------
+
+/// Reads what the proxy sends until it closes (at most `within`) and checks it is nothing
+/// or a 408; Err otherwise. Returns whether a 408 came.
+async fn closed_with_nothing_or_408(c: &mut Conn, within: Duration) -> Result<bool, String> {
+    let Some(got) = c.bytes_until_close(within).await else {
+        return Err(format!(
+            "still open after {within:?} (got {})",
+            preview(&c.buf)
+        ));
+    };
+    if got.is_empty() {
+        Ok(false)
+    } else if got.starts_with(b"HTTP/1.1 408") || got.starts_with(b"HTTP/1.0 408") {
+        Ok(true)
+    } else {
+        Err(format!(
+            "answered something other than a 408: {}",
+            preview(&got)
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_head_is_cut_at_header_timeout() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "[limits]\nheader_timeout_s = 2")).await;
+    let before = rejected(&proxy, "timeout").await;
+
+    // One byte every 300 ms: each read would restart a per-read timer; the whole-head
+    // deadline must not. The head takes ~20 s to send in full.
+    let head = format!(
+        "GET /slowloris HTTP/1.1\r\nHost: {HOST}\r\nX-Pad: {}\r\n\r\n",
+        "s".repeat(30)
+    );
+    let mut slow = Conn::open(proxy.http_addr).await;
+    let started = Instant::now();
+    let mut w = slow.w.take().unwrap();
+    let writer = tokio::spawn(async move {
+        for b in head.as_bytes() {
+            if w.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+
+    // A connection that sends nothing at all is cut too (counted from the accept).
+    let mut silent = Conn::open(proxy.http_addr).await;
+    let silent_started = Instant::now();
+
+    let (slow_res, silent_res) = tokio::join!(
+        async {
+            let r = closed_with_nothing_or_408(&mut slow, Duration::from_secs(6)).await;
+            (r, started.elapsed())
+        },
+        async {
+            let r = closed_with_nothing_or_408(&mut silent, Duration::from_secs(6)).await;
+            (r, silent_started.elapsed())
+        }
+    );
+    writer.abort();
+    let (slow_408, slow_after) = match slow_res {
+        (Ok(got_408), after) => (got_408, after),
+        (Err(e), after) => panic!("a head trickled at 1 byte/300 ms, after {after:?}: {e}"),
+    };
+    assert!(
+        slow_after >= Duration::from_millis(1500),
+        "the trickled head was cut after {slow_after:?}, before header_timeout_s = 2"
+    );
+    match silent_res {
+        (Ok(_), after) => assert!(
+            after >= Duration::from_millis(1500),
+            "a silent connection was cut after {after:?}, before header_timeout_s = 2"
+        ),
+        (Err(e), after) => panic!("a connection that sends nothing, after {after:?}: {e}"),
+    }
+    rec.assert_untouched("a trickled head");
+    if slow_408 {
+        assert_rejected(&proxy, "timeout", before + 1.0, "the 408").await;
+    }
+
+    // The deadline is per request head, from its first byte: a keep-alive connection
+    // idle longer than header_timeout_s between two requests is still served.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(format!("GET /first HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.send_ok(format!("GET /second HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = c
+        .try_response(IO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("a request after 3 s of keep-alive idle: {e}"));
+    assert_eq!(r.status, 200);
+
+    // A head sent in pieces well within the deadline is served.
+    let mut c = Conn::open(proxy.http_addr).await;
+    for piece in [
+        "GET /pieces HTTP/1.1\r\n",
+        "Host: hostile.test\r\n",
+        "X-A: 1\r\n",
+        "\r\n",
+    ] {
+        c.send_ok(piece.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(c.response().await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keepalive_connection_is_closed_after_idle_timeout() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "[limits]\nidle_timeout_s = 2")).await;
+
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(format!("GET /one HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    let idle_from = Instant::now();
+    let got = closed_with_nothing_or_408(&mut c, Duration::from_secs(6)).await;
+    let after = idle_from.elapsed();
+    if let Err(e) = got {
+        panic!("an idle keep-alive connection (idle_timeout_s = 2): {e}");
+    }
+    assert!(
+        after >= Duration::from_millis(1500),
+        "the idle connection was closed after {after:?}, before idle_timeout_s = 2"
+    );
+
+    // Idle for less than the timeout: still served.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.send_ok(format!("GET /b HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = c
+        .try_response(IO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("a request after 1 s idle (idle_timeout_s = 2): {e}"));
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trickled_body_gets_408_at_body_timeout() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "[limits]\nbody_timeout_s = 2")).await;
+    let before = rejected(&proxy, "timeout").await;
+
+    // One byte a second: under 1 KiB of progress, so the timer never restarts.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(
+        format!("POST /trickle HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            tokio::select! {
+                r = c.read_response() => return r,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            // The proxy may already have closed: a failed write is not the test's concern.
+            let _ = c.send(b"x").await;
+        }
+    })
+    .await;
+    let after = started.elapsed();
+    let r = match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!("a body trickled at 1 byte/s, after {after:?}: {e}"),
+        Err(_) => panic!("a body trickled at 1 byte/s (body_timeout_s = 2) got no answer in 6 s"),
+    };
+    assert_eq!(r.status, 408, "after {after:?}: {}", r.body_str());
+    assert!(
+        after >= Duration::from_millis(1500),
+        "408 after {after:?}, before body_timeout_s = 2"
+    );
+    c.closed_within(CLOSE_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("after the 408: {e}"));
+    assert_eq!(
+        rec.count(),
+        0,
+        "the trickled request reached the backend whole: {:?}",
+        rec.summaries()
+    );
+    assert_rejected(&proxy, "timeout", before + 1.0, "the body 408").await;
+
+    // A body that keeps coming (2 KiB every second, 6 s in all) is not cut: the timer
+    // restarts with each KiB.
+    let body = pattern(12 * 1024, 9);
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(
+        format!(
+            "POST /steady HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    for piece in body.chunks(2048) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.send(piece).await.unwrap_or_else(|e| {
+            panic!("a steady body (2 KiB/s) was cut: {e}; {}", preview(&c.buf))
+        });
+    }
+    assert_echo("a steady body", &c.response().await, "/steady", &body);
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection cap
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_holds_new_connections_until_one_closes() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(
+        &rec,
+        "[limits]\nmax_connections = 2\nheader_timeout_s = 30",
+    ))
+    .await;
+
+    // A: served, then idle on keep-alive. B: opened, sends nothing.
+    let mut a = Conn::open(proxy.http_addr).await;
+    a.send_ok(format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = a
+        .try_response(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("first connection: {e}"));
+    assert_eq!(r.status, 200);
+    let b = Conn::open(proxy.http_addr).await;
+
+    // C: accepted by the kernel (connect succeeds) but not served while A and B are open.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(format!("GET /c HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    if let Ok(r) = c.try_response(Duration::from_secs(1)).await {
+        panic!(
+            "a third connection was served ({}) while max_connections = 2 were open",
+            r.status
+        );
+    }
+    assert_eq!(rec.count(), 1, "{:?}", rec.summaries());
+
+    // A closes: C is served.
+    drop(a);
+    let r = c
+        .try_response(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("the waiting connection after one closed: {e}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/c");
+
+    // B closes too: a new connection is served right away.
+    drop(b);
+    let mut d = Conn::open(proxy.http_addr).await;
+    d.send_ok(format!("GET /d HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = d
+        .try_response(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("a new connection after two closed: {e}"));
+    assert_eq!(r.status, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 over TLS
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_client_without_preface_or_idle_after_settings_is_closed() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) =
+        tls_env(&rec, "[limits]\nheader_timeout_s = 2\nidle_timeout_s = 2").await;
+    let h2 = || client_config(&ca, &[&TLS13, &TLS12], &[b"h2"]);
+
+    let mut silent = TlsConn::connect(proxy.ports.https, HOST, h2())
+        .await
+        .unwrap_or_else(|e| panic!("handshake: {e:?}\n{}", proxy.logs()));
+    assert_eq!(silent.alpn().as_deref(), Some(&b"h2"[..]));
+    let silent_from = Instant::now();
+
+    let mut idle = TlsConn::connect(proxy.ports.https, HOST, h2())
+        .await
+        .unwrap_or_else(|e| panic!("handshake: {e:?}\n{}", proxy.logs()));
+    assert_eq!(idle.alpn().as_deref(), Some(&b"h2"[..]));
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    idle.send(&preface).await.expect("send the preface");
+    let idle_from = Instant::now();
+
+    let (silent_closed, idle_closed) = tokio::join!(
+        async {
+            let r = silent.closed_within(Duration::from_secs(6)).await;
+            (r.is_some(), silent_from.elapsed())
+        },
+        async {
+            let r = idle.closed_within(Duration::from_secs(6)).await;
+            (r.is_some(), idle_from.elapsed())
+        }
+    );
+    let mut failures = Vec::new();
+    match silent_closed {
+        (true, after) if after < Duration::from_millis(1500) => failures.push(format!(
+            "no preface: closed after {after:?}, before header_timeout_s = 2"
+        )),
+        (true, _) => {}
+        (false, _) => {
+            failures.push("no preface: still open after 6 s (header_timeout_s = 2)".into())
+        }
+    }
+    match idle_closed {
+        (true, after) if after < Duration::from_millis(1500) => failures.push(format!(
+            "idle after SETTINGS: closed after {after:?}, before idle_timeout_s = 2"
+        )),
+        (true, _) => {}
+        (false, _) => {
+            failures.push("idle after SETTINGS: still open after 6 s (idle_timeout_s = 2)".into())
+        }
+    }
+    assert_no_failures("HTTP/2 timeouts", &failures);
+    rec.assert_untouched("h2 clients that sent no request");
+}
