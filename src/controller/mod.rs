@@ -1,6 +1,13 @@
 //! The release controller: owns the release state, runs smoke checks, persists, and
-//! publishes routing snapshots. Every command holds one async lock, so releases never
-//! interleave; requests never take it.
+//! publishes routing snapshots.
+//!
+//! **One commit lock.** Every change of release state, backend overrides or config — the
+//! API's switch, rollback, canary, promote, abort, backends and reload, SIGHUP, and the SLO
+//! watch's rollbacks and canary steps — holds the one `inner` lock from the moment it reads
+//! the state until it has published. A switch or canary holds it across its smoke checks,
+//! so what it publishes is exactly the backend sets it checked: a `backends` or `reload`
+//! sent meanwhile waits and applies after it (and the watch acts right after it). Requests,
+//! `status`, `history` and the dry-run `smoke` never take it.
 //!
 //! Order of a release: check → build the new snapshot aside → persist → swap → answer.
 //! Persisting before the swap means a failed write changes nothing (the SPEC lists swap
@@ -62,11 +69,9 @@ pub struct Controller {
     /// Set once at start when TLS is configured.
     certs: std::sync::OnceLock<Option<Arc<CertManager>>>,
     store: Box<dyn StateStore>,
+    /// The commit lock (see the module doc): held from reading the state to publishing the
+    /// new one, smoke checks included. Released before waiting for a drain.
     inner: tokio::sync::Mutex<Inner>,
-    /// Serialises the API's release commands end to end (smoke checks included), so the
-    /// short `inner` lock is never held across network calls and the SLO watch is never
-    /// kept waiting by another release's smoke checks.
-    release_lock: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     /// service → an alarm the controller raised and could not act on (shown in status).
     alarms: std::sync::Mutex<BTreeMap<String, String>>,
@@ -154,7 +159,6 @@ impl Controller {
                 state,
                 watches,
             }),
-            release_lock: tokio::sync::Mutex::new(()),
             client,
             alarms: std::sync::Mutex::new(BTreeMap::new()),
         }))
@@ -345,43 +349,24 @@ impl Controller {
     }
 
     pub async fn switch(&self, req: SwitchRequest) -> Result<ReleaseResponse, ApiError> {
-        let _release = self.release_lock.lock().await;
-        let (cmd, moving) = {
-            let inner = self.inner.lock().await;
-            let services = Self::targets(&inner.config, &req.services)?;
-            let cmd = Command::Switch {
+        // Held across the smoke checks: nothing can change the backends, the config or the
+        // release state between the checks and the publish.
+        let mut inner = self.inner.lock().await;
+        let services = Self::targets(&inner.config, &req.services)?;
+        let (next, changes) = inner
+            .state
+            .releases
+            .apply(&Command::Switch {
                 services,
                 to: req.color,
-            };
-            let (_, changes) = inner
-                .state
-                .releases
-                .apply(&cmd)
-                .map_err(|r| ApiError::new(409, r.to_string()))?;
-            let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
-            (cmd, moving)
-        };
-        // Smoke checks without the state lock: the SLO watch keeps running meanwhile.
+            })
+            .map_err(|r| ApiError::new(409, r.to_string()))?;
+        let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
         let smoke = if req.skip_smoke || moving.is_empty() {
             Vec::new()
         } else {
             self.run_smoke(&moving, req.color).await
         };
-        let mut inner = self.inner.lock().await;
-        // The watch may have acted during the checks: apply again, and refuse if a service
-        // would now move that was not checked.
-        let (next, changes) = inner
-            .state
-            .releases
-            .apply(&cmd)
-            .map_err(|r| ApiError::new(409, r.to_string()))?;
-        if !req.skip_smoke && changes.iter().any(|c| !moving.contains(&c.service)) {
-            return Err(ApiError::new(
-                409,
-                "the release state changed during the smoke checks: nothing changed, try again",
-            ));
-        }
-        let moving: Vec<String> = changes.iter().map(|c| c.service.clone()).collect();
         self.refuse_failed_smoke("switch", &moving, req.color, &smoke, "nothing changed")?;
         self.commit(
             &mut inner,
@@ -413,7 +398,6 @@ impl Controller {
     }
 
     pub async fn rollback(&self, req: RollbackRequest) -> Result<ReleaseResponse, ApiError> {
-        let _release = self.release_lock.lock().await;
         let mut inner = self.inner.lock().await;
         let mut services = Self::targets(&inner.config, &req.services)?;
         if req.services.is_empty() {
@@ -574,31 +558,27 @@ impl Controller {
     }
 
     pub async fn canary(&self, req: CanaryRequest) -> Result<ReleaseResponse, ApiError> {
-        let _release = self.release_lock.lock().await;
-        let (services, cmd) = {
-            let inner = self.inner.lock().await;
-            let services = Self::targets(&inner.config, &req.services)?;
-            let cmd = Command::StartCanary {
-                services: services.clone(),
-                color: req.color,
-                steps: req.steps.clone(),
-                interval_s: req.interval_s.max(1),
-            };
-            // Refusals (a canary running, the color already active, bad steps) before smoke.
-            inner
-                .state
-                .releases
-                .apply(&cmd)
-                .map_err(|r| ApiError::new(409, r.to_string()))?;
-            (services, cmd)
+        // Held across the smoke checks, like a switch.
+        let mut inner = self.inner.lock().await;
+        let services = Self::targets(&inner.config, &req.services)?;
+        let cmd = Command::StartCanary {
+            services: services.clone(),
+            color: req.color,
+            steps: req.steps.clone(),
+            interval_s: req.interval_s.max(1),
         };
+        // Refusals (a canary running, the color already active, bad steps) before smoke.
+        inner
+            .state
+            .releases
+            .apply(&cmd)
+            .map_err(|r| ApiError::new(409, r.to_string()))?;
         let smoke = if req.skip_smoke {
             Vec::new()
         } else {
             self.run_smoke(&services, req.color).await
         };
         self.refuse_failed_smoke("canary", &services, req.color, &smoke, "no canary started")?;
-        let mut inner = self.inner.lock().await;
         self.apply_and_commit(
             &mut inner,
             &cmd,
@@ -629,7 +609,6 @@ impl Controller {
     }
 
     pub async fn promote(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
-        let _release = self.release_lock.lock().await;
         let mut inner = self.inner.lock().await;
         let services = Self::canary_targets(&inner, &req.services)?;
         let changes = self.apply_and_commit(
@@ -662,7 +641,6 @@ impl Controller {
     }
 
     pub async fn abort(&self, req: ServicesRequest) -> Result<ReleaseResponse, ApiError> {
-        let _release = self.release_lock.lock().await;
         let mut inner = self.inner.lock().await;
         let services = Self::canary_targets(&inner, &req.services)?;
         self.apply_and_commit(

@@ -2,6 +2,11 @@
 //! color are read from its lock-free ring (see `slo`) and judged against the service's SLO.
 //! A breach rolls the whole release back (or drops the canary to 0); a canary that holds
 //! advances a step per interval and promotes at the end.
+//!
+//! A tick holds the controller's one commit lock (see `controller`), like every other
+//! change: its rollbacks and canary steps never interleave with a switch, a backends change
+//! or a reload. While a switch runs its smoke checks the tick waits for it (at most the
+//! checks' timeouts) and judges right after, on the state the switch left.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +123,7 @@ impl Controller {
         inner.watches.retain(|w| !w.services.is_empty());
     }
 
-    /// One look at every watch.
+    /// One look at every watch, under the commit lock.
     pub async fn tick(&self) {
         let mut inner = self.inner.lock().await;
         let now = now_s();

@@ -810,3 +810,137 @@ async fn switch_wait_drain_waits_for_in_flight_requests() {
     assert_eq!(v["drain"]["drained"], true, "{v}");
     assert_traffic(&proxy, "green", 2, "after switch --wait-drain").await;
 }
+
+/// The backends of `color` that a switch's answer lists as smoke-checked, all of them ok.
+fn smoke_checked(answer: &Value) -> Vec<String> {
+    let results = answer["smoke"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no smoke results in {answer}"));
+    let mut out: Vec<String> = results
+        .iter()
+        .map(|r| {
+            assert_eq!(r["ok"], true, "a failed check in a done switch: {answer}");
+            r["backend"].as_str().unwrap().to_string()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+// 11. A backends change sent while a switch runs its smoke checks waits for the switch:
+// what the switch publishes is exactly what it checked, and the change then applies to the
+// state the switch left (refused without --force when it names the color now active,
+// applied when it names the color now idle).
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_change_during_smoke_checks_waits_for_the_switch() {
+    use crate::support::faulty::Faulty;
+
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    // Fails every request, smoke checks included: it must never get traffic unchecked.
+    let unchecked = Faulty::start("unchecked").await;
+    unchecked.set_fail_pct(100);
+    const SMOKE_MS: u64 = 2000;
+    let proxy = Proxy::start(&web_config(
+        &[&blue],
+        &[&green],
+        &format!(r#"smoke = [{{ path = "/sleep/{SMOKE_MS}", expect_status = 200 }}]"#),
+    ))
+    .await;
+    assert_traffic(&proxy, "blue", 2, "before any switch").await;
+    let bad = unchecked.addr.to_string();
+
+    // 1. `switch green` is checking green; `backends green UNCHECKED` (green still idle when
+    // it is sent) arrives meanwhile.
+    let switch = releasectl(&proxy, &["--json", "switch", "green"]);
+    let change = async {
+        let checking = poll_until(Duration::from_secs(10), || async {
+            (green.hits() >= 1).then_some(())
+        })
+        .await;
+        assert!(checking.is_some(), "the smoke check never reached green");
+        releasectl(&proxy, &["backends", "green", &bad, "--service", "web"]).await
+    };
+    let (sw, bk) = tokio::join!(switch, change);
+    sw.expect_code(0);
+    let answer = sw.json();
+    assert_eq!(
+        smoke_checked(&answer),
+        vec![green.addr_str()],
+        "the switch must have checked green's backend, and only it: {answer}"
+    );
+    let web = service_status(&proxy, "web").await;
+    assert_eq!(web["active"], "green", "{web}");
+    assert_eq!(
+        addrs_of(&web, "green"),
+        vec![green.addr_str()],
+        "green serves backends the switch never checked: {web}"
+    );
+    assert_traffic(
+        &proxy,
+        "green",
+        5,
+        "after the switch with a backends change during it",
+    )
+    .await;
+    assert_eq!(
+        unchecked.hits(),
+        0,
+        "the unchecked backend got a request (traffic or a smoke check)"
+    );
+    // The change waited for the switch; green was active by then, so it needs --force.
+    bk.expect_code(1);
+    assert!(bk.stderr.contains("force"), "{bk}");
+
+    // 2. `switch blue` is checking blue; `backends green UNCHECKED` (green still active when
+    // it is sent: refused at once before the fix) waits, then lands on green, idle by then.
+    let before = blue.hits();
+    let switch = releasectl(&proxy, &["--json", "switch", "blue"]);
+    let change = async {
+        let checking = poll_until(Duration::from_secs(10), || async {
+            (blue.hits() > before).then_some(())
+        })
+        .await;
+        assert!(checking.is_some(), "the smoke check never reached blue");
+        releasectl(&proxy, &["backends", "green", &bad, "--service", "web"]).await
+    };
+    let (sw, bk) = tokio::join!(switch, change);
+    sw.expect_code(0);
+    assert_eq!(smoke_checked(&sw.json()), vec![blue.addr_str()]);
+    bk.expect_code(0);
+    let web = service_status(&proxy, "web").await;
+    assert_eq!(web["active"], "blue", "{web}");
+    assert_eq!(addrs_of(&web, "green"), vec![bad.clone()], "{web}");
+    assert_eq!(addrs_of(&web, "blue"), vec![blue.addr_str()], "{web}");
+    assert_traffic(&proxy, "blue", 5, "after the second switch").await;
+    assert_eq!(
+        unchecked.hits(),
+        0,
+        "the idle unchecked backend got a request"
+    );
+
+    // History shows them one after the other: the switch, then the change.
+    let t = token(&proxy);
+    let (code, hist) =
+        admin_call(&proxy, Method::GET, "/v1/history?limit=10", Some(&t), None).await;
+    assert_eq!(code, 200, "{hist}");
+    let ok: Vec<&str> = hist["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["result"] == "ok")
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        ok.iter().rev().take(2).rev().copied().collect::<Vec<_>>(),
+        vec!["switch", "backends"],
+        "{hist}"
+    );
+
+    // A switch to green now checks the new backend, fails, and changes nothing.
+    let refused = releasectl(&proxy, &["switch", "green"]).await;
+    refused.expect_code(1);
+    assert!(refused.stderr.contains(&bad), "{refused}");
+    assert_traffic(&proxy, "blue", 2, "after the refused switch").await;
+}
