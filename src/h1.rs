@@ -34,9 +34,9 @@ use tokio::time::Instant;
 use crate::config::Limits;
 use crate::metrics::{self, UpstreamErrorKind};
 use crate::proxy::{check_drain, error_kind, status_for, EdgeProxy, RequestCtx};
-use crate::request_head::{self, BodyFraming, Refusal, Rejection};
-use crate::upstream;
 use crate::replay::Replay;
+use crate::request_head::{self, Refusal, Rejection};
+use crate::upstream;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -132,8 +132,11 @@ impl EdgeApp {
                 self.edge.shared.snapshot.load().config.limits
             };
             let deadline = first.then(|| accepted + limits.header_timeout);
-            let head = match self.read_head(&mut stream, &mut buf, &limits, deadline).await {
-                Ok(head) => head,
+            match self
+                .read_head(&mut stream, &mut buf, &limits, deadline)
+                .await
+            {
+                Ok(_) => {}
                 Err(HeadEnd::Close) => return,
                 Err(HeadEnd::Refuse(refusal)) => return refuse(stream, refusal).await,
             };
@@ -142,7 +145,7 @@ impl EdgeApp {
             // above); what follows it is the start of the body or of pipelined requests.
             session.set_pipelined_prefix(std::mem::take(&mut buf));
             session.set_keepalive(Some(limits.idle_timeout.as_secs()));
-            match self.serve(session, shutdown, head, &limits).await {
+            match self.serve(session, shutdown, &limits).await {
                 Some((next, rest)) => {
                     stream = next;
                     buf = rest.unwrap_or_default();
@@ -233,7 +236,11 @@ impl EdgeApp {
                 )));
             }
             scanned = buf.len();
-            buf.reserve(HEAD_BUFFER.min(limits.max_header_bytes + 1 - buf.len()).max(1));
+            buf.reserve(
+                HEAD_BUFFER
+                    .min(limits.max_header_bytes + 1 - buf.len())
+                    .max(1),
+            );
             match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Err(HeadEnd::Close),
@@ -250,7 +257,6 @@ impl EdgeApp {
         &self,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
-        head: request_head::CheckedHead,
         limits: &Limits,
     ) -> Option<(Stream, Option<BytesMut>)> {
         // Requests sent before the previous response ended (pipelining, RFC 9112 §9.3.2) are
@@ -278,8 +284,12 @@ impl EdgeApp {
             metrics::global().rejected(refusal.reason);
             session.set_keepalive(None);
             let _ = session.respond_error(refusal.status).await;
-            self.edge
-                .record(session.req_header(), refusal.status, None, &RequestCtx::new());
+            self.edge.record(
+                session.req_header(),
+                refusal.status,
+                None,
+                &RequestCtx::new(),
+            );
             return None;
         }
         session.set_read_timeout(Some(limits.body_timeout));
@@ -296,7 +306,6 @@ impl EdgeApp {
 
         let mut ctx = RequestCtx::new();
         let body = BodyLimits {
-            framing: head.body,
             max_bytes: limits.max_body_bytes,
             timeout: limits.body_timeout,
         };
@@ -339,6 +348,18 @@ impl EdgeApp {
 
         let body_empty = session.is_body_empty();
         let expect_continue = !body_empty && expects_continue(session.req_header());
+        let mut reader = BodyReader::new(body);
+        // The first piece of a body is read before anything goes upstream (unless the client
+        // waits for a 100 Continue): a body broken from its first chunk, or one that never
+        // comes, never costs a backend a request head.
+        let mut first = None;
+        let mut ended = body_empty;
+        if !body_empty && !expect_continue {
+            match reader.next(session).await? {
+                Some(chunk) => first = Some(chunk),
+                None => ended = true,
+            }
+        }
         let (mut up, backend) = self.send_header(session, ctx, body_empty).await?;
 
         if !body_empty {
@@ -351,40 +372,17 @@ impl EdgeApp {
                     .await
                     .map_err(|e| e.into_down())?;
             }
-            let mut read = 0u64;
-            let mut progress_mark = 0u64;
-            let mut deadline = Instant::now() + body.timeout;
-            loop {
-                let next = tokio::time::timeout_at(deadline, session.read_request_body()).await;
-                let chunk = match next {
-                    Ok(Ok(Some(chunk))) => chunk,
-                    Ok(Ok(None)) => break,
-                    Ok(Err(e)) => return Err(bad_request_body(session, e).await),
-                    Err(_) => {
-                        let e = Error::explain(ErrorType::ReadTimedout, "request body too slow");
-                        return Err(bad_request_body(session, e).await);
-                    }
-                };
-                // pingora's chunked reader yields an empty chunk when a chunk-size line is
-                // split across reads; written upstream, it would be the body's terminator.
-                if chunk.is_empty() {
+            if let Some(chunk) = first {
+                check_drain(ctx)?;
+                if let Err(e) = up.write_body(&chunk).await {
+                    return Err(self.upstream_error(session, ctx, e).await);
+                }
+            }
+            while !ended {
+                let Some(chunk) = reader.next(session).await? else {
+                    ended = true;
                     continue;
-                }
-                read += chunk.len() as u64;
-                if body.max_bytes > 0 && read > body.max_bytes {
-                    // Only a chunked body gets here (a length is checked with the head). The
-                    // upstream connection is dropped unfinished: the backend never gets a
-                    // whole request.
-                    metrics::global().rejected(Rejection::TooLarge);
-                    session.set_keepalive(None);
-                    let _ = session.respond_error(413).await;
-                    return Err(Error::explain(ErrorType::InvalidHTTPHeader, "body too large")
-                        .into_down());
-                }
-                if read - progress_mark >= BODY_PROGRESS_BYTES {
-                    progress_mark = read;
-                    deadline = Instant::now() + body.timeout;
-                }
+                };
                 check_drain(ctx)?;
                 if let Err(e) = up.write_body(&chunk).await {
                     return Err(self.upstream_error(session, ctx, e).await);
@@ -727,12 +725,71 @@ fn expects_continue(req: &RequestHeader) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// What a request body may take: its framing (from the checked head), its size and time.
+/// What a request body may take: its size and time.
 struct BodyLimits {
-    #[allow(dead_code)]
-    framing: BodyFraming,
     max_bytes: u64,
     timeout: Duration,
+}
+
+/// Reads a request body under `BodyLimits`: no empty pieces, a size cap, and a deadline that
+/// only real progress (`BODY_PROGRESS_BYTES`) moves.
+struct BodyReader<'a> {
+    limits: &'a BodyLimits,
+    read: u64,
+    progress_mark: u64,
+    deadline: Instant,
+}
+
+impl<'a> BodyReader<'a> {
+    fn new(limits: &'a BodyLimits) -> BodyReader<'a> {
+        BodyReader {
+            limits,
+            read: 0,
+            progress_mark: 0,
+            deadline: Instant::now() + limits.timeout,
+        }
+    }
+
+    /// The next piece of the body, `None` at its end; a refusal (400, 408, 413) has been
+    /// answered when this fails.
+    async fn next(&mut self, session: &mut ServerSession) -> Result<Option<bytes::Bytes>> {
+        loop {
+            let next = tokio::time::timeout_at(self.deadline, session.read_request_body()).await;
+            let chunk = match next {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => return Err(bad_request_body(session, e).await),
+                Err(_) => {
+                    let e = Error::explain(ErrorType::ReadTimedout, "request body too slow");
+                    return Err(bad_request_body(session, e).await);
+                }
+            };
+            // pingora's chunked reader yields an empty chunk when a chunk-size line is split
+            // across reads; written upstream, it would be the body's terminator.
+            if chunk.is_empty() {
+                continue;
+            }
+            self.read += chunk.len() as u64;
+            if self.limits.max_bytes > 0 && self.read > self.limits.max_bytes {
+                // Only a chunked body gets here (a length is checked with the head). The
+                // upstream connection is dropped unfinished: the backend never gets a whole
+                // request.
+                metrics::global().rejected(Rejection::TooLarge);
+                session.set_keepalive(None);
+                if session.response_written().is_none() {
+                    let _ = session.respond_error(413).await;
+                }
+                return Err(
+                    Error::explain(ErrorType::InvalidHTTPHeader, "body too large").into_down(),
+                );
+            }
+            if self.read - self.progress_mark >= BODY_PROGRESS_BYTES {
+                self.progress_mark = self.read;
+                self.deadline = Instant::now() + self.limits.timeout;
+            }
+            return Ok(Some(chunk));
+        }
+    }
 }
 
 /// Answers a refused request and closes the connection, reading what the client still sends

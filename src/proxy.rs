@@ -458,7 +458,11 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Err(refusal) = sanitize_request(session.req_header_mut()) {
             metrics::global().rejected(refusal.reason);
-            respond(session, LocalResponse::text(refusal.status, b"bad request\n")).await?;
+            respond(
+                session,
+                LocalResponse::text(refusal.status, b"bad request\n"),
+            )
+            .await?;
             return Ok(true);
         }
         match self.admit(session.req_header(), session.client_addr(), ctx) {
@@ -617,12 +621,16 @@ pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(
     }
     if let Some(te) = req.headers.get(header::TRANSFER_ENCODING) {
         if te.as_bytes() != b"chunked" {
-            let _ = req.insert_header(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            let _ = req.insert_header(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
     }
     if let Some(cl) = req.headers.get(header::CONTENT_LENGTH) {
         let v = cl.as_bytes();
-        let canonical = !v.is_empty() && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);
+        let canonical =
+            !v.is_empty() && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);
         if !canonical {
             let n: u64 = std::str::from_utf8(v)
                 .ok()
@@ -688,10 +696,10 @@ fn protected(name: &HeaderName) -> bool {
         || name == header::CONTENT_LENGTH
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
-        || name == &X_FORWARDED_FOR
-        || name == &X_FORWARDED_PROTO
-        || name == &X_FORWARDED_HOST
-        || name == &X_REQUEST_ID
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == X_REQUEST_ID
 }
 
 fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {

@@ -134,9 +134,7 @@ pub fn check_head(buf: &[u8], limits: &Limits) -> Result<CheckedHead, Refusal> {
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(BAD_REQUEST),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(Refusal::new(431, Rejection::TooLarge))
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::new(431, Rejection::TooLarge)),
         Err(
             httparse::Error::HeaderName
             | httparse::Error::HeaderValue
@@ -149,8 +147,8 @@ pub fn check_head(buf: &[u8], limits: &Limits) -> Result<CheckedHead, Refusal> {
     let target = req.path.unwrap_or("");
     let origin_form = target.starts_with('/');
     let asterisk = target == "*" && req.method == Some("OPTIONS");
-    let absolute = starts_with_ignore_case(target, "http://")
-        || starts_with_ignore_case(target, "https://");
+    let absolute =
+        starts_with_ignore_case(target, "http://") || starts_with_ignore_case(target, "https://");
     if !(origin_form || asterisk || absolute) && req.method != Some("CONNECT") {
         return Err(BAD_REQUEST);
     }
@@ -213,7 +211,10 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
 fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v.iter().position(|&c| c != b' ' && c != b'\t');
     let Some(start) = start else { return &[] };
-    let end = v.iter().rposition(|&c| c != b' ' && c != b'\t').unwrap_or(start);
+    let end = v
+        .iter()
+        .rposition(|&c| c != b' ' && c != b'\t')
+        .unwrap_or(start);
     &v[start..=end]
 }
 
@@ -420,7 +421,13 @@ mod tests {
         ] {
             assert_eq!(check(bad).map(|_| ()), Err(BAD_REQUEST), "{bad:?}");
         }
-        for good in ["a.test", "A.Test:8080", "127.0.0.1", "[::1]:443", "x_y.test."] {
+        for good in [
+            "a.test",
+            "A.Test:8080",
+            "127.0.0.1",
+            "[::1]:443",
+            "x_y.test.",
+        ] {
             assert!(valid_host(good), "{good}");
         }
         for bad in ["", "a:", "a:99999999", "[::1", "[zz]", ".a", "a/b", "a%b"] {
@@ -473,6 +480,9 @@ mod tests {
         assert!(n("/../secret").is_err());
         assert!(n("/a/../../b").is_err());
         assert!(n("/%2e%2e/b").is_err());
-        assert!(matches!(normalize_path("/plain/path"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize_path("/plain/path"),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 }

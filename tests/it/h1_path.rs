@@ -1757,17 +1757,24 @@ async fn h1_malformed_chunked_request_body_is_400() {
     let up = Upstream::start(echo).await;
     let proxy = Proxy::start(&config(&up, "")).await;
 
-    let cases: &[(&str, &str)] = &[
-        ("invalid chunk size", "zz\r\nhello\r\n0\r\n\r\n"),
+    // (what, body, whether the header goes upstream): the first piece of a body is read
+    // before the header is sent, so a body broken from its first chunk never reaches the
+    // backend at all; a later break reaches it as a request the proxy then drops.
+    let cases: &[(&str, &str, bool)] = &[
+        ("invalid chunk size", "zz\r\nhello\r\n0\r\n\r\n", false),
         (
             "invalid size after a good chunk",
             "5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
+            true,
         ),
-        ("chunk data not followed by CRLF", "5\r\nhelloXX0\r\n\r\n"),
+        (
+            "chunk data not followed by CRLF",
+            "5\r\nhelloXX0\r\n\r\n",
+            false,
+        ),
     ];
-    // Each request opens an upstream connection (the header goes before the body is read)
-    // that the proxy drops: case i runs on upstream connection i.
-    for (i, (what, body)) in cases.iter().enumerate() {
+    let mut upstream_conns = 0;
+    for (i, (what, body, reaches)) in cases.iter().enumerate() {
         let mut c = Conn::open(proxy.http_addr).await;
         c.send(
             format!(
@@ -1778,8 +1785,11 @@ async fn h1_malformed_chunked_request_body_is_400() {
         .await;
         let resp = c.response(false).await;
         assert_eq!(resp.status, 400, "{what}: {resp:?}");
-        // The backend never gets a complete request: the proxy drops its connection.
-        up.wait_for(Ev::PeerClosed(i)).await;
+        if *reaches {
+            // The backend never gets a complete request: the proxy drops its connection.
+            up.wait_for(Ev::PeerClosed(upstream_conns)).await;
+            upstream_conns += 1;
+        }
     }
     assert!(
         up.requests().is_empty(),
