@@ -83,7 +83,9 @@ impl ServerApp for TlsFront {
             return None;
         }
         let stream: Stream = Box::new(tls);
-        self.proxy.serve_connection(stream, shutdown, accepted).await;
+        self.proxy
+            .serve_connection(stream, shutdown, accepted)
+            .await;
         None
     }
 
