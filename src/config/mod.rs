@@ -720,7 +720,12 @@ impl Validator<'_> {
         if let Some(n) = positive(&l.idle_timeout_s, "limits.idle_timeout_s", 1, day) {
             out.idle_timeout = Duration::from_secs(n);
         }
-        if let Some(n) = positive(&l.max_header_bytes, "limits.max_header_bytes", 1024, 1 << 20) {
+        if let Some(n) = positive(
+            &l.max_header_bytes,
+            "limits.max_header_bytes",
+            1024,
+            1 << 20,
+        ) {
             out.max_header_bytes = n as usize;
         }
         let cap = MAX_HEADERS_CAP as u64;
