@@ -404,12 +404,14 @@ impl Rng {
 /// The writes of `body` sent chunked, as (bytes, pause after): chunks of random sizes (up
 /// to `max_chunk`, a few tiny), every chunk-size line cut in two writes at a random point
 /// (also between CR and LF) with a pause between, chunk data in writes of at most
-/// `max_write`, and the last-chunk line cut from the final CRLF.
+/// `max_write`, and the last-chunk line cut from the final CRLF; with `trailer`, a trailer
+/// field cut in two as well.
 fn chunked_writes(
     body: &[u8],
     seed: u64,
     max_chunk: usize,
     max_write: usize,
+    trailer: bool,
 ) -> Vec<(Vec<u8>, bool)> {
     let mut rng = Rng(seed | 1);
     let mut out = Vec::new();
@@ -432,6 +434,10 @@ fn chunked_writes(
         rest = &rest[size..];
     }
     out.push((b"0\r\n".to_vec(), true));
+    if trailer {
+        out.push((b"X-Check".to_vec(), true));
+        out.push((b"sum: 1\r\n".to_vec(), true));
+    }
     out.push((b"\r\n".to_vec(), false));
     out
 }
@@ -474,6 +480,12 @@ fn assert_two_uploads(rec: &Recorder, first: &[u8], second: &[u8]) {
             fnv(body)
         );
     }
+    assert_eq!(
+        rec.stray_bytes(),
+        0,
+        "the backend got bytes outside the two requests: {}",
+        rec.raw_preview()
+    );
 }
 
 fn upload_head(path: &str) -> String {
@@ -490,14 +502,14 @@ async fn chunked_20mb_upload_with_split_chunk_lines_arrives_whole_http() {
     let second = pattern(100_000, 0xbeef);
 
     let mut c = Conn::open(proxy.http_addr).await;
-    for (path, body, seed, max_chunk) in [
-        ("/upload", &first, 11, 64 * 1024),
-        ("/second", &second, 12, 4096),
+    for (path, body, seed, max_chunk, trailer) in [
+        ("/upload", &first, 11, 64 * 1024, false),
+        ("/second", &second, 12, 4096, true),
     ] {
         let started = Instant::now();
         tokio::time::timeout(Duration::from_secs(120), async {
             c.send_ok(upload_head(path).as_bytes()).await;
-            for (piece, pause) in chunked_writes(body, seed, max_chunk, 64 * 1024) {
+            for (piece, pause) in chunked_writes(body, seed, max_chunk, 64 * 1024, trailer) {
                 c.send(&piece).await.unwrap_or_else(|e| {
                     panic!(
                         "{path}: the proxy stopped taking the upload ({e}); the backend got {:?}",
@@ -533,13 +545,16 @@ async fn chunked_20mb_upload_with_split_chunk_lines_arrives_whole_https_h1() {
     .await
     .unwrap_or_else(|e| panic!("handshake: {e:?}\n{}", proxy.logs()));
     assert_eq!(c.alpn().as_deref(), Some(&b"http/1.1"[..]));
-    for (path, body, seed) in [("/upload", &first, 21), ("/second", &second, 22)] {
+    for (path, body, seed, trailer) in [
+        ("/upload", &first, 21, false),
+        ("/second", &second, 22, true),
+    ] {
         tokio::time::timeout(Duration::from_secs(120), async {
             c.send(upload_head(path).as_bytes())
                 .await
                 .expect("send head");
             // Writes of at most 16 KiB: one TLS record each (and within rustls' buffer).
-            for (piece, pause) in chunked_writes(body, seed, 48 * 1024, 16 * 1024) {
+            for (piece, pause) in chunked_writes(body, seed, 48 * 1024, 16 * 1024, trailer) {
                 c.send(&piece).await.unwrap_or_else(|e| {
                     panic!(
                         "{path}: the proxy stopped taking the upload ({e:?}); the backend got {:?}",
@@ -606,6 +621,12 @@ async fn ambiguous_framing_is_400_and_closed_and_nothing_reaches_the_backend() {
         ("Content-Length: +5", post("Content-Length: +5\r\n", "hello")),
         ("Content-Length: 0x5", post("Content-Length: 0x5\r\n", "hello")),
         ("Content-Length:  5 x", post("Content-Length:  5 x\r\n", "hello")),
+        ("Content-Length: -1", post("Content-Length: -1\r\n", "hello")),
+        ("an empty Content-Length", post("Content-Length: \r\n", "hello")),
+        (
+            "a Content-Length that overflows",
+            post("Content-Length: 184467440737095516160\r\n", "hello"),
+        ),
         (
             "Transfer-Encoding: chunked, identity",
             post("Transfer-Encoding: chunked, identity\r\n", "5\r\nhello\r\n0\r\n\r\n"),
@@ -675,6 +696,49 @@ async fn ambiguous_framing_is_400_and_closed_and_nothing_reaches_the_backend() {
     let r = get(proxy.http_addr, "/after").await;
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_eq!(rec.count(), 1, "{:?}", rec.summaries());
+
+    // On a kept-alive connection, a good request and a smuggling one in the same write:
+    // the first is served, the second refused and the connection closed; the backend gets
+    // the first request and not one byte more.
+    let mut c = Conn::open(proxy.http_addr).await;
+    let wire = format!(
+        "GET /good HTTP/1.1\r\nHost: {HOST}\r\n\r\n{}",
+        post(
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+            &format!("0\r\n\r\n{get_next}")
+        )
+    );
+    c.send_ok(wire.as_bytes()).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["path"], "/good");
+    let r = c
+        .try_response(IO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("the pipelined smuggling request: {e}"));
+    assert_eq!(
+        r.status,
+        400,
+        "the pipelined smuggling request: {}",
+        r.body_str()
+    );
+    c.closed_within(CLOSE_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("after the pipelined 400: {e}"));
+    assert_eq!(rec.count(), 2, "{:?}", rec.summaries());
+    assert_eq!(
+        rec.stray_bytes(),
+        0,
+        "bytes of the smuggling request reached the backend: {}",
+        rec.raw_preview()
+    );
+    assert_rejected(
+        &proxy,
+        "bad_framing",
+        before + cases.len() as f64 + 1.0,
+        "the pipelined 400",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1155,6 +1219,17 @@ async fn connection_header_cannot_strip_host_framing_or_forwarded_headers() {
     let r = c.response().await;
     assert_eq!(r.status, 200, "after Upgrade: h2c: {r:?}");
     assert_eq!(r.json()["path"], "/after-h2c");
+
+    // Any other Upgrade token is not forwarded either.
+    let req = forwarded(
+        addr,
+        &rec,
+        &format!(
+            "GET /tls-upgrade HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\nUpgrade: TLS/1.0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(req.header("upgrade"), None, "{}", req.summary());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1248,6 +1323,25 @@ async fn max_body_bytes_gives_413_before_forwarding() {
         .unwrap_or_else(|e| panic!("after the 413: {e}"));
     rec.assert_untouched("Content-Length beyond max_body_bytes");
 
+    // With Expect: 100-continue: the 413 comes instead of the 100 (as nginx does).
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(
+        format!(
+            "POST /expect HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 2000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = c
+        .try_response(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("Expect: 100-continue with Content-Length 2000: {e}"));
+    assert_eq!(r.status, 413, "Expect: 100-continue: {}", r.body_str());
+    c.closed_within(CLOSE_WITHIN)
+        .await
+        .unwrap_or_else(|e| panic!("after the 413 to Expect: 100-continue: {e}"));
+    rec.assert_untouched("Expect: 100-continue beyond max_body_bytes");
+
     // Chunked beyond: 413, and the backend never gets a complete request.
     let mut c = Conn::open(proxy.http_addr).await;
     let chunk = format!("258\r\n{}\r\n", "d".repeat(600));
@@ -1276,7 +1370,7 @@ async fn max_body_bytes_gives_413_before_forwarding() {
         "a body over max_body_bytes reached the backend whole: {:?}",
         rec.summaries()
     );
-    assert_rejected(&proxy, "too_large", before + 2.0, "two 413s").await;
+    assert_rejected(&proxy, "too_large", before + 3.0, "three 413s").await;
 
     // Within the limit: exactly 1000 bytes, either way.
     let body = pattern(1000, 3);
@@ -1292,7 +1386,7 @@ async fn max_body_bytes_gives_413_before_forwarding() {
         &body,
     );
     let mut wire = upload_head("/ok-chunked").into_bytes();
-    for (piece, _) in chunked_writes(&body, 5, 300, 300) {
+    for (piece, _) in chunked_writes(&body, 5, 300, 300, false) {
         wire.extend_from_slice(&piece);
     }
     c.send_ok(&wire).await;
@@ -1302,6 +1396,67 @@ async fn max_body_bytes_gives_413_before_forwarding() {
         "/ok-chunked",
         &body,
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_head_limits_are_enforced() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(
+        &rec,
+        "[limits]\nmax_header_bytes = 4096\nmax_headers = 20",
+    ))
+    .await;
+    let before = rejected(&proxy, "too_large").await;
+
+    let head = |line: &str, headers: &str| format!("{line}\r\nHost: {HOST}\r\n{headers}\r\n");
+    let n_headers = |n: usize| -> String { (0..n).map(|i| format!("X-N{i}: v\r\n")).collect() };
+    let cases = [
+        (
+            "a 5000-byte header",
+            head(
+                "GET /h HTTP/1.1",
+                &format!("X-Big: {}\r\n", "a".repeat(5000)),
+            ),
+            431,
+        ),
+        ("21 headers", head("GET /h HTTP/1.1", &n_headers(20)), 431),
+        (
+            "a 5000-byte request line",
+            head(&format!("GET /{} HTTP/1.1", "p".repeat(5000)), ""),
+            414,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, wire, want) in &cases {
+        if let Err(e) = check_refused(proxy.http_addr, wire.as_bytes(), *want).await {
+            failures.push(format!("{what}: {e}"));
+        }
+    }
+    assert_no_failures("configured head limits", &failures);
+    rec.assert_untouched("heads over the configured limits");
+    assert_rejected(
+        &proxy,
+        "too_large",
+        before + cases.len() as f64,
+        "one too_large per 431/414",
+    )
+    .await;
+
+    // Within them: a 3000-byte header, 20 headers (Host included).
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(
+        head(
+            "GET /3k HTTP/1.1",
+            &format!("X-Big: {}\r\n", "c".repeat(3000)),
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(c.response().await.status, 200, "a 3000-byte header");
+    c.send_ok(head("GET /20 HTTP/1.1", &n_headers(19)).as_bytes())
+        .await;
+    assert_eq!(c.response().await.status, 200, "20 headers");
+    assert_eq!(rec.count(), 2, "{:?}", rec.summaries());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1403,6 +1558,38 @@ async fn slow_head_is_cut_at_header_timeout() {
         .unwrap_or_else(|e| panic!("a request after 3 s of keep-alive idle: {e}"));
     assert_eq!(r.status, 200);
 
+    // And the next head on that connection, trickled, is cut ~2 s after its first byte.
+    let mut w = c.w.take().unwrap();
+    let trickle_from = Instant::now();
+    let writer = tokio::spawn(async move {
+        for b in format!(
+            "GET /third HTTP/1.1\r\nHost: {HOST}\r\nX-Pad: {}\r\n\r\n",
+            "t".repeat(30)
+        )
+        .bytes()
+        {
+            if w.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let got = closed_with_nothing_or_408(&mut c, Duration::from_secs(6)).await;
+    let after = trickle_from.elapsed();
+    writer.abort();
+    if let Err(e) = got {
+        panic!("a second head trickled on a keep-alive connection, after {after:?}: {e}");
+    }
+    assert!(
+        after >= Duration::from_millis(1500),
+        "the trickled second head was cut after {after:?}, before header_timeout_s = 2"
+    );
+    assert!(
+        rec.requests().iter().all(|r| r.path() != "/third"),
+        "{:?}",
+        rec.summaries()
+    );
+
     // A head sent in pieces well within the deadline is served.
     let mut c = Conn::open(proxy.http_addr).await;
     for piece in [
@@ -1458,45 +1645,55 @@ async fn trickled_body_gets_408_at_body_timeout() {
     let proxy = Proxy::start(&config(&rec, "[limits]\nbody_timeout_s = 2")).await;
     let before = rejected(&proxy, "timeout").await;
 
-    // One byte a second: under 1 KiB of progress, so the timer never restarts.
-    let mut c = Conn::open(proxy.http_addr).await;
-    c.send_ok(
-        format!("POST /trickle HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n").as_bytes(),
-    )
-    .await;
-    let started = Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs(6), async {
-        loop {
-            tokio::select! {
-                r = c.read_response() => return r,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    // One byte a second (by Content-Length), one 1-byte chunk a second (chunked): under
+    // 1 KiB of progress, so the timer never restarts.
+    let cases = [
+        (
+            "Content-Length",
+            format!("POST /trickle HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n"),
+            "x",
+        ),
+        ("chunked", upload_head("/trickle-chunked"), "1\r\nx\r\n"),
+    ];
+    for (what, head, piece) in &cases {
+        let mut c = Conn::open(proxy.http_addr).await;
+        c.send_ok(head.as_bytes()).await;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                tokio::select! {
+                    r = c.read_response() => return r,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                // The proxy may already have closed: a failed write is not the test's concern.
+                let _ = c.send(piece.as_bytes()).await;
             }
-            // The proxy may already have closed: a failed write is not the test's concern.
-            let _ = c.send(b"x").await;
-        }
-    })
-    .await;
-    let after = started.elapsed();
-    let r = match outcome {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => panic!("a body trickled at 1 byte/s, after {after:?}: {e}"),
-        Err(_) => panic!("a body trickled at 1 byte/s (body_timeout_s = 2) got no answer in 6 s"),
-    };
-    assert_eq!(r.status, 408, "after {after:?}: {}", r.body_str());
-    assert!(
-        after >= Duration::from_millis(1500),
-        "408 after {after:?}, before body_timeout_s = 2"
-    );
-    c.closed_within(CLOSE_WITHIN)
-        .await
-        .unwrap_or_else(|e| panic!("after the 408: {e}"));
-    assert_eq!(
-        rec.count(),
-        0,
-        "the trickled request reached the backend whole: {:?}",
-        rec.summaries()
-    );
-    assert_rejected(&proxy, "timeout", before + 1.0, "the body 408").await;
+        })
+        .await;
+        let after = started.elapsed();
+        let r = match outcome {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => panic!("{what} body trickled, after {after:?}: {e}"),
+            Err(_) => {
+                panic!("{what} body trickled (body_timeout_s = 2): no answer in 6 s")
+            }
+        };
+        assert_eq!(r.status, 408, "{what}, after {after:?}: {}", r.body_str());
+        assert!(
+            after >= Duration::from_millis(1500),
+            "{what}: 408 after {after:?}, before body_timeout_s = 2"
+        );
+        c.closed_within(CLOSE_WITHIN)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: after the 408: {e}"));
+        assert_eq!(
+            rec.count(),
+            0,
+            "{what}: the trickled request reached the backend whole: {:?}",
+            rec.summaries()
+        );
+    }
+    assert_rejected(&proxy, "timeout", before + 2.0, "the body 408s").await;
 
     // A body that keeps coming (2 KiB every second, 6 s in all) is not cut: the timer
     // restarts with each KiB.
@@ -1517,6 +1714,68 @@ async fn trickled_body_gets_408_at_body_timeout() {
         });
     }
     assert_echo("a steady body", &c.response().await, "/steady", &body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_silent_and_garbage_clients_do_not_stop_others_being_served() {
+    let rec = Recorder::start("app").await;
+    let mut proxy = Proxy::start(&config(&rec, "")).await;
+    let addr = proxy.http_addr;
+
+    // 150 connections held open by clients that stall: in the head, in the body, or
+    // before their first byte.
+    let mut stalled = Vec::new();
+    for i in 0..150 {
+        let mut c = Conn::open(addr).await;
+        let wire = match i % 3 {
+            0 => format!("GET /stalled-head-{i} HTTP/1.1\r\nHost: {HOST}\r\nX-A: "),
+            1 => format!(
+                "POST /stalled-body-{i} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1000000\r\n\r\nxxxx"
+            ),
+            _ => String::new(),
+        };
+        c.send_ok(wire.as_bytes()).await;
+        stalled.push(c);
+    }
+    // 50 more send random bytes and go away.
+    for seed in 0..50u64 {
+        let mut c = Conn::open(addr).await;
+        let _ = c.send(&pattern(2000, seed + 1)).await;
+    }
+
+    // Ordinary clients are still served, each promptly.
+    for i in 0..20 {
+        let started = Instant::now();
+        let mut c = Conn::open(addr).await;
+        c.send_ok(format!("GET /ok-{i} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+            .await;
+        let r = c
+            .try_response(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("an ordinary request among stalled clients: {e}"));
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "an ordinary request took {:?} among stalled clients",
+            started.elapsed()
+        );
+    }
+    assert!(
+        proxy.wait_exit(Duration::ZERO).await.is_none(),
+        "switchyard exited:\n{}",
+        proxy.logs()
+    );
+    let complete: Vec<String> = rec
+        .requests()
+        .iter()
+        .map(|r| r.path().to_string())
+        .filter(|p| !p.starts_with("/ok-"))
+        .collect();
+    assert!(
+        complete.is_empty(),
+        "incomplete requests reached the backend whole: {complete:?}"
+    );
+    drop(stalled);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1583,8 +1842,11 @@ async fn max_connections_holds_new_connections_until_one_closes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_client_without_preface_or_idle_after_settings_is_closed() {
     let rec = Recorder::start("app").await;
-    let (proxy, _dir, ca) =
-        tls_env(&rec, "[limits]\nheader_timeout_s = 2\nidle_timeout_s = 2").await;
+    let (proxy, _dir, ca) = tls_env(
+        &rec,
+        "[limits]\nheader_timeout_s = 2\nidle_timeout_s = 2\nh2_max_concurrent_streams = 7",
+    )
+    .await;
     let h2 = || client_config(&ca, &[&TLS13, &TLS12], &[b"h2"]);
 
     let mut silent = TlsConn::connect(proxy.ports.https, HOST, h2())
@@ -1609,7 +1871,7 @@ async fn h2_client_without_preface_or_idle_after_settings_is_closed() {
         },
         async {
             let r = idle.closed_within(Duration::from_secs(6)).await;
-            (r.is_some(), idle_from.elapsed())
+            (r, idle_from.elapsed())
         }
     );
     let mut failures = Vec::new();
@@ -1622,7 +1884,8 @@ async fn h2_client_without_preface_or_idle_after_settings_is_closed() {
             failures.push("no preface: still open after 6 s (header_timeout_s = 2)".into())
         }
     }
-    match idle_closed {
+    let (idle_bytes, idle_after) = idle_closed;
+    match (idle_bytes.is_some(), idle_after) {
         (true, after) if after < Duration::from_millis(1500) => failures.push(format!(
             "idle after SETTINGS: closed after {after:?}, before idle_timeout_s = 2"
         )),
@@ -1631,6 +1894,41 @@ async fn h2_client_without_preface_or_idle_after_settings_is_closed() {
             failures.push("idle after SETTINGS: still open after 6 s (idle_timeout_s = 2)".into())
         }
     }
+    // The server's SETTINGS announce h2_max_concurrent_streams.
+    if let Some(bytes) = &idle_bytes {
+        let streams =
+            h2_settings(bytes).and_then(|s| s.iter().find(|(id, _)| *id == 0x3).map(|(_, v)| *v));
+        if streams != Some(7) {
+            failures.push(format!(
+                "SETTINGS_MAX_CONCURRENT_STREAMS from the server: {streams:?}, want Some(7) (h2_max_concurrent_streams = 7)"
+            ));
+        }
+    }
     assert_no_failures("HTTP/2 timeouts", &failures);
     rec.assert_untouched("h2 clients that sent no request");
+}
+
+/// The parameters of the first non-ACK SETTINGS frame in `bytes` (HTTP/2 frames from the
+/// server), as (identifier, value).
+fn h2_settings(mut bytes: &[u8]) -> Option<Vec<(u16, u32)>> {
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        let (kind, flags) = (bytes[3], bytes[4]);
+        let payload = bytes.get(9..9 + len)?;
+        if kind == 0x4 && flags & 0x1 == 0 {
+            return Some(
+                payload
+                    .chunks_exact(6)
+                    .map(|p| {
+                        (
+                            u16::from_be_bytes([p[0], p[1]]),
+                            u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+        bytes = &bytes[9 + len..];
+    }
+    None
 }

@@ -53,6 +53,8 @@ pub struct RecRequest {
     pub body: Vec<u8>,
     /// Which accepted connection (0, 1, …) it came on.
     pub conn: usize,
+    /// Its size on the wire (head, chunk framing and body).
+    pub wire_len: usize,
 }
 
 impl RecRequest {
@@ -153,6 +155,13 @@ impl Recorder {
     /// Every byte received, on every connection.
     pub fn raw_bytes(&self) -> usize {
         self.state.lock().unwrap().raw_bytes
+    }
+
+    /// Bytes received that are not part of a complete request: a partial, unparsable or
+    /// smuggled remainder.
+    pub fn stray_bytes(&self) -> usize {
+        let s = self.state.lock().unwrap();
+        s.raw_bytes - s.requests.iter().map(|r| r.wire_len).sum::<usize>()
     }
 
     /// Connections accepted.
@@ -293,6 +302,7 @@ async fn read_request(
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     buf.drain(..head_end + 4);
+    let mut wire_len = head_end + 4;
     let mut lines = head.split("\r\n");
     let mut first = lines.next()?.split(' ');
     let (method, target, version) = (
@@ -312,6 +322,7 @@ async fn read_request(
         headers,
         body: Vec::new(),
         conn: 0,
+        wire_len: 0,
     };
     let te = req.header("transfer-encoding");
     let cl = req.header("content-length");
@@ -324,11 +335,13 @@ async fn read_request(
             let line = String::from_utf8_lossy(&buf[..end]).to_string();
             let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
             buf.drain(..end + 2);
+            wire_len += end + 2;
             if size == 0 {
                 // Trailer fields up to the empty line.
                 loop {
                     let end = line_end(s, buf, st).await?;
                     buf.drain(..end + 2);
+                    wire_len += end + 2;
                     if end == 0 {
                         break;
                     }
@@ -343,6 +356,7 @@ async fn read_request(
             }
             req.body.extend_from_slice(&buf[..size]);
             buf.drain(..size + 2);
+            wire_len += size + 2;
         }
     } else if let Some(cl) = cl {
         let len: usize = cl.trim().parse().ok()?;
@@ -350,6 +364,8 @@ async fn read_request(
             read_some(s, buf, st).await?;
         }
         req.body = buf.drain(..len).collect();
+        wire_len += len;
     }
+    req.wire_len = wire_len;
     Some(req)
 }
