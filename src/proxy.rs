@@ -609,10 +609,19 @@ pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(
         },
         None => None,
     };
-    if let Some(p) = normalized {
-        let mut parts = req.uri.clone().into_parts();
-        parts.path_and_query = Some(p.parse().map_err(|_| BAD)?);
-        req.set_uri(http::Uri::from_parts(parts).map_err(|_| BAD)?);
+    // An absolute-form target (`GET http://a.test/x`) goes on in origin form: its authority
+    // equals Host (pingora refuses it otherwise), and a backend must not route on another.
+    let absolute = req.uri.authority().is_some() && req.headers.contains_key(header::HOST);
+    if normalized.is_some() || absolute {
+        let pq = match normalized {
+            Some(p) => p.parse().map_err(|_| BAD)?,
+            None => req
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        };
+        req.set_uri(http::Uri::from(pq));
     }
     if let Some(up) = req.headers.get(header::UPGRADE) {
         if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {

@@ -339,3 +339,41 @@ green = ["{}"]
     }
     assert_eq!(green.hits(), 0);
 }
+
+/// An absolute-form request target goes to the backend in origin form, so the backend cannot
+/// route on an authority other than the Host the proxy routed on; one whose authority differs
+/// from Host is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_target_is_forwarded_in_origin_form() {
+    let app = Backend::start("app").await;
+    let cfg = format!(
+        r#"{BASE}
+[[route]]
+host = "app.test"
+service = "app"
+
+[service.app]
+backends = ["{}"]
+"#,
+        app.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let resp = raw_request(
+        proxy.http_addr,
+        "GET http://app.test/x/../y?q=1 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    let body = resp.json();
+    assert_eq!(body["path"], "/y", "{body}");
+    assert_eq!(body["query"], "q=1", "{body}");
+    assert_eq!(body["headers"]["host"], "app.test", "{body}");
+
+    let resp = raw_request(
+        proxy.http_addr,
+        "GET http://other.test/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 400);
+    assert_eq!(app.hits(), 1, "the refused request reached the backend");
+}
