@@ -298,24 +298,30 @@ impl Config {
         let mut parsed = Vec::new();
         for (i, (_, text)) in sources.iter().enumerate() {
             let unknown = keys::unknown_keys(text);
-            if !unknown.is_empty() {
-                // Report them all; the rest of this file is checked once they are fixed.
-                for k in unknown {
-                    let name = k.path.rsplit('.').next().unwrap_or(&k.path).to_string();
-                    let name = name.split('[').next().unwrap_or(&name).to_string();
-                    v.push(
-                        i,
-                        k.span,
-                        &k.path,
-                        format!(
-                            "unknown key `{name}` (expected one of: {})",
-                            k.expected.join(", ")
-                        ),
-                    );
-                }
-                continue;
+            for k in &unknown {
+                let name = k.path.rsplit('.').next().unwrap_or(&k.path).to_string();
+                let name = name.split('[').next().unwrap_or(&name).to_string();
+                v.push(
+                    i,
+                    k.span.clone(),
+                    &k.path,
+                    format!(
+                        "unknown key `{name}` (expected one of: {})",
+                        k.expected.join(", ")
+                    ),
+                );
             }
-            match toml::from_str::<FileConfig>(text) {
+            // Then the rest of the file, read without its unknown keys (blanked out in a
+            // copy, every other byte in place, so spans and lines still point into `text`):
+            // every mistake of every kind is reported at once.
+            let lenient;
+            let readable = if unknown.is_empty() {
+                text.as_str()
+            } else {
+                lenient = keys::blank_unknown(text, &unknown);
+                lenient.as_str()
+            };
+            match toml::from_str::<FileConfig>(readable) {
                 Ok(fc) => parsed.push((i, fc)),
                 Err(e) => {
                     let span = e.span().unwrap_or(0..0);

@@ -326,3 +326,84 @@ fn directory_with_duplicate_route_is_rejected() {
         c.output
     );
 }
+
+/// The output line pointing at `file:line`, if any.
+fn line_at<'a>(output: &'a str, file: &str, line: usize) -> Option<&'a str> {
+    output.lines().find(|l| points_at(l, file, line))
+}
+
+#[test]
+fn unknown_keys_do_not_hide_other_errors() {
+    // An unknown key (three kinds: a key, a key in an inline table, a whole section), a
+    // route to an undefined service and an unparsable address, all in one file: every one
+    // is reported, each with its line and key.
+    let text = format!("{VALID}\n[[route]]\nhost = \"nope.example.com\"\nservice = \"nope\"\n\n[mystery]\nsetting = 1\n")
+        .replace(
+            "backends = [\"127.0.0.1:4001\"]\n",
+            "backends = [\"127.0.0.1:4001\"]\nbogus = 1\n",
+        )
+        .replace("interval_ms = 2000 }", "interval_ms = 2000, intervl = 5 }")
+        .replace("green = [\"127.0.0.1:3002\"]", "green = [\"127.0.0.1:notaport\"]");
+    let out = assert_rejected(&text, &[line_of(&text, "bogus = 1")], &[]);
+    let expect = [
+        (line_of(&text, "bogus = 1"), "service.api.bogus"),
+        (
+            line_of(&text, "intervl = 5"),
+            "service.api.health_check.intervl",
+        ),
+        (line_of(&text, "[mystery]"), "mystery"),
+        (line_of(&text, "service = \"nope\""), "nope"),
+        (line_of(&text, "notaport"), "service.app.green"),
+    ];
+    for (line, key) in expect {
+        let l = line_at(&out, "bad.toml", line).unwrap_or_else(|| {
+            panic!(
+                "no error at bad.toml:{line} ({key}); output:\n{out}\nconfig:\n{}",
+                numbered(&text)
+            )
+        });
+        assert!(
+            l.contains(key),
+            "bad.toml:{line} should name {key}: {l}\n{out}"
+        );
+    }
+    let errors = out
+        .lines()
+        .filter(|l| l.contains("bad.toml:") && l.contains(": key `"));
+    assert_eq!(errors.count(), 5, "{out}");
+}
+
+#[test]
+fn unknown_keys_in_one_file_do_not_hide_errors_in_others() {
+    // a.toml has unknown keys and a bad address; b.toml routes to a.toml's service (fine)
+    // and to an undefined one (an error).
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!(
+        "{}\nlisten_typo = 1\n\n[service.a]\nbackends = [\"127.0.0.1:3001\"]\ncolour = \"blue\"\n\n[service.a2]\nbackends = [\"127.0.0.1\"]\n",
+        dir_head()
+    );
+    let b = "[[route]]\nhost = \"a.example.com\"\nservice = \"a\"\n\n[[route]]\nhost = \"b.example.com\"\nservice = \"missing\"\n";
+    write(dir.path(), "a.toml", &a);
+    write(dir.path(), "b.toml", b);
+    let c = check(dir.path());
+    assert_eq!(c.code, Some(2), "{}", c.output);
+    for (file, line, key) in [
+        ("a.toml", line_of(&a, "listen_typo"), "listen_typo"),
+        ("a.toml", line_of(&a, "colour"), "service.a.colour"),
+        (
+            "a.toml",
+            line_of_nth(&a, "backends", 1),
+            "service.a2.backends",
+        ),
+        ("b.toml", line_of(b, "\"missing\""), "missing"),
+    ] {
+        let l = line_at(&c.output, file, line)
+            .unwrap_or_else(|| panic!("no error at {file}:{line} ({key}):\n{}", c.output));
+        assert!(l.contains(key), "{file}:{line} should name {key}: {l}");
+    }
+    assert!(
+        !c.output.contains("service `a`"),
+        "service a is defined in a.toml:\n{}",
+        c.output
+    );
+}
