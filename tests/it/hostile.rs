@@ -18,7 +18,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::support::recorder::{fnv, pattern, Recorder};
-use crate::support::tls::{client_config, TlsConn, TlsPorts, TlsProxy, TLS_BASE};
+use crate::support::tls::{
+    client_config, hpack_status, tls11_client_hello, TlsConn, TlsPorts, TlsProxy, TLS_BASE,
+};
 use crate::support::{metric_lines, metric_value, poll_until, Proxy, RawResponse, BASE};
 
 const HOST: &str = "hostile.test";
@@ -1906,6 +1908,317 @@ async fn h2_client_without_preface_or_idle_after_settings_is_closed() {
     }
     assert_no_failures("HTTP/2 timeouts", &failures);
     rec.assert_untouched("h2 clients that sent no request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_handshake_that_never_completes_is_closed_at_header_timeout() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, _ca) = tls_env(&rec, "[limits]\nheader_timeout_s = 2").await;
+
+    // No ClientHello at all, and one cut short: no request head can come before
+    // header_timeout_s, counted from the accept.
+    let mut silent = Conn::open(proxy.ports.https).await;
+    let mut partial = Conn::open(proxy.ports.https).await;
+    partial.send_ok(&tls11_client_hello(HOST)[..20]).await;
+    let started = Instant::now();
+    let (silent_closed, partial_closed) = tokio::join!(
+        async {
+            let r = silent.bytes_until_close(Duration::from_secs(6)).await;
+            (r.is_some(), started.elapsed())
+        },
+        async {
+            let r = partial.bytes_until_close(Duration::from_secs(6)).await;
+            (r.is_some(), started.elapsed())
+        }
+    );
+    let mut failures = Vec::new();
+    for (what, (closed, after)) in [
+        ("no ClientHello", silent_closed),
+        ("a partial ClientHello", partial_closed),
+    ] {
+        if !closed {
+            failures.push(format!(
+                "{what}: still open after 6 s (header_timeout_s = 2)"
+            ));
+        } else if after < Duration::from_millis(1500) {
+            failures.push(format!(
+                "{what}: closed after {after:?}, before header_timeout_s = 2"
+            ));
+        }
+    }
+    assert_no_failures("unfinished TLS handshakes", &failures);
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 requests get the same body limits
+// ---------------------------------------------------------------------------------------
+
+/// A minimal HTTP/2 client over `TlsConn` (ALPN h2): requests as HPACK literals without
+/// indexing or Huffman coding, small bodies (no flow control needed).
+struct H2 {
+    t: TlsConn,
+    buf: Vec<u8>,
+}
+
+/// How the server ended a stream.
+#[derive(Debug, PartialEq)]
+enum H2End {
+    /// A response head with this :status.
+    Status(u16),
+    /// RST_STREAM with this error code.
+    Reset(u32),
+    /// GOAWAY, or the connection closed.
+    Gone(String),
+}
+
+fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.push(ty);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal header field without indexing — new name", raw strings (< 127 bytes).
+fn hpack_field(block: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127 && value.len() < 127);
+    block.push(0);
+    block.push(name.len() as u8);
+    block.extend_from_slice(name.as_bytes());
+    block.push(value.len() as u8);
+    block.extend_from_slice(value.as_bytes());
+}
+
+impl H2 {
+    async fn open(addr: SocketAddr, ca: &str) -> H2 {
+        let mut t = TlsConn::connect(addr, HOST, client_config(ca, &[&TLS13, &TLS12], &[b"h2"]))
+            .await
+            .expect("h2 handshake");
+        assert_eq!(t.alpn().as_deref(), Some(&b"h2"[..]));
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(0x4, 0, 0, &[]));
+        t.send(&out).await.expect("send the preface");
+        H2 { t, buf: Vec::new() }
+    }
+
+    /// HEADERS for a request on `stream` (END_HEADERS; END_STREAM when `end`).
+    async fn request(
+        &mut self,
+        stream: u32,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        end: bool,
+    ) {
+        let mut block = Vec::new();
+        hpack_field(&mut block, ":method", method);
+        hpack_field(&mut block, ":scheme", "https");
+        hpack_field(&mut block, ":path", path);
+        hpack_field(&mut block, ":authority", HOST);
+        for (k, v) in extra {
+            hpack_field(&mut block, k, v);
+        }
+        let flags = 0x4 | if end { 0x1 } else { 0 };
+        self.t
+            .send(&h2_frame(0x1, flags, stream, &block))
+            .await
+            .expect("send HEADERS");
+    }
+
+    /// DATA on `stream`; false when the server already closed the connection.
+    async fn data(&mut self, stream: u32, bytes: &[u8], end: bool) -> bool {
+        let flags = if end { 0x1 } else { 0 };
+        self.t
+            .send(&h2_frame(0x0, flags, stream, bytes))
+            .await
+            .is_ok()
+    }
+
+    /// The next frame (type, flags, stream, payload), answering SETTINGS and PING.
+    async fn frame(&mut self) -> anyhow::Result<(u8, u8, u32, Vec<u8>)> {
+        loop {
+            while self.buf.len() < 9 {
+                let more = self.t.recv_plain().await?;
+                self.buf.extend_from_slice(&more);
+            }
+            let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+            while self.buf.len() < 9 + len {
+                let more = self.t.recv_plain().await?;
+                self.buf.extend_from_slice(&more);
+            }
+            let f: Vec<u8> = self.buf.drain(..9 + len).collect();
+            let (ty, flags) = (f[3], f[4]);
+            let stream = u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff;
+            let payload = f[9..].to_vec();
+            match ty {
+                0x4 if flags & 0x1 == 0 => self.t.send(&h2_frame(0x4, 0x1, 0, &[])).await?,
+                0x6 if flags & 0x1 == 0 => self.t.send(&h2_frame(0x6, 0x1, 0, &payload)).await?,
+                _ => return Ok((ty, flags, stream, payload)),
+            }
+        }
+    }
+
+    /// How `stream` ends (its response head, a reset, or the connection going), within
+    /// `within`; `None` when nothing came.
+    async fn end_of(&mut self, stream: u32, within: Duration) -> Option<H2End> {
+        tokio::time::timeout(within, async {
+            loop {
+                let (ty, flags, s, payload) = match self.frame().await {
+                    Ok(f) => f,
+                    Err(e) => return H2End::Gone(format!("{e:#}")),
+                };
+                match ty {
+                    0x7 => return H2End::Gone(format!("GOAWAY {payload:?}")),
+                    0x3 if s == stream => {
+                        let code = payload
+                            .get(..4)
+                            .map_or(0, |c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+                        return H2End::Reset(code);
+                    }
+                    0x1 if s == stream => {
+                        let mut p = &payload[..];
+                        if flags & 0x8 != 0 {
+                            let pad = p[0] as usize;
+                            p = &p[1..p.len() - pad];
+                        }
+                        if flags & 0x20 != 0 {
+                            p = &p[5..];
+                        }
+                        let status = hpack_status(p).unwrap_or(0);
+                        return H2End::Status(status);
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    /// The DATA of `stream` up to END_STREAM (after its head was read by `end_of`).
+    async fn body_of(&mut self, stream: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        tokio::time::timeout(IO_TIMEOUT, async {
+            loop {
+                let (ty, flags, s, payload) = self.frame().await.expect("an HTTP/2 frame");
+                if s != stream {
+                    continue;
+                }
+                if ty == 0x0 {
+                    body.extend_from_slice(&payload);
+                }
+                if flags & 0x1 != 0 && (ty == 0x0 || ty == 0x1) {
+                    return;
+                }
+                assert_ne!(ty, 0x3, "RST_STREAM in the response body");
+            }
+        })
+        .await
+        .expect("HTTP/2 response body timed out");
+        body
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_requests_get_max_body_bytes_and_body_timeout_too() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) =
+        tls_env(&rec, "[limits]\nmax_body_bytes = 1000\nbody_timeout_s = 2").await;
+    let addr = proxy.ports.https;
+    let mut failures = Vec::new();
+
+    // A body within the limit is served.
+    let mut h = H2::open(addr, &ca).await;
+    h.request(1, "POST", "/h2-ok", &[("content-length", "500")], false)
+        .await;
+    h.data(1, &pattern(500, 1), true).await;
+    match h.end_of(1, IO_TIMEOUT).await {
+        Some(H2End::Status(200)) => {
+            let body = h.body_of(1).await;
+            let json: serde_json::Value = serde_json::from_slice(&body).expect("backend JSON");
+            assert_eq!(json["body_len"], 500, "{json}");
+        }
+        other => panic!("a 500-byte HTTP/2 body: {other:?}\n{}", proxy.logs()),
+    }
+    assert_eq!(rec.count(), 1, "{:?}", rec.summaries());
+
+    // content-length beyond the limit: 413 before anything is forwarded.
+    let raw_before = rec.raw_bytes();
+    let mut h = H2::open(addr, &ca).await;
+    h.request(1, "POST", "/h2-big", &[("content-length", "2000")], false)
+        .await;
+    match h.end_of(1, Duration::from_secs(5)).await {
+        Some(H2End::Status(413)) => {}
+        other => failures.push(format!(
+            "HTTP/2 content-length 2000 > max_body_bytes 1000: {other:?}, want a 413"
+        )),
+    }
+    if rec.raw_bytes() != raw_before {
+        failures.push(format!(
+            "HTTP/2 content-length 2000: reached the backend: {:?}",
+            rec.summaries()
+        ));
+    }
+
+    // No content-length, DATA beyond the limit: refused (413 or a reset), never a complete
+    // request upstream.
+    let mut h = H2::open(addr, &ca).await;
+    h.request(1, "POST", "/h2-stream", &[], false).await;
+    h.data(1, &pattern(600, 2), false).await;
+    h.data(1, &pattern(600, 3), false).await;
+    match h.end_of(1, Duration::from_secs(5)).await {
+        Some(H2End::Status(413)) | Some(H2End::Reset(_)) | Some(H2End::Gone(_)) => {}
+        other => failures.push(format!(
+            "HTTP/2 DATA beyond max_body_bytes: {other:?}, want a 413 or a reset"
+        )),
+    }
+    let _ = h.data(1, b"end", true).await;
+
+    // A body trickled a byte a second: 408 or a reset after ~body_timeout_s.
+    let mut h = H2::open(addr, &ca).await;
+    h.request(
+        1,
+        "POST",
+        "/h2-trickle",
+        &[("content-length", "100")],
+        false,
+    )
+    .await;
+    let started = Instant::now();
+    let mut end = None;
+    while started.elapsed() < Duration::from_secs(6) {
+        if let Some(e) = h.end_of(1, Duration::from_secs(1)).await {
+            end = Some(e);
+            break;
+        }
+        if !h.data(1, b"x", false).await {
+            end = Some(H2End::Gone("write failed".into()));
+            break;
+        }
+    }
+    let after = started.elapsed();
+    match end {
+        Some(H2End::Status(408)) | Some(H2End::Reset(_)) | Some(H2End::Gone(_))
+            if after >= Duration::from_millis(1500) => {}
+        other => failures.push(format!(
+            "HTTP/2 body trickled at 1 byte/s (body_timeout_s = 2): {other:?} after {after:?}, want a 408 or a reset after ~2 s"
+        )),
+    }
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let complete: Vec<String> = rec
+        .requests()
+        .iter()
+        .map(|r| r.path().to_string())
+        .filter(|p| p != "/h2-ok")
+        .collect();
+    if !complete.is_empty() {
+        failures.push(format!(
+            "refused HTTP/2 requests reached the backend whole: {complete:?}"
+        ));
+    }
+    assert_no_failures("HTTP/2 body limits", &failures);
 }
 
 /// The parameters of the first non-ACK SETTINGS frame in `bytes` (HTTP/2 frames from the

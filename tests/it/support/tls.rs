@@ -460,6 +460,15 @@ impl TlsConn {
         .context("HTTP/1.1 request timed out")?
     }
 
+    /// Waits for more plaintext from the server and returns everything buffered (errors
+    /// when the server closes the connection).
+    pub async fn recv_plain(&mut self) -> anyhow::Result<Vec<u8>> {
+        if self.buf.is_empty() {
+            self.fill().await?;
+        }
+        Ok(std::mem::take(&mut self.buf))
+    }
+
     /// Reads one HTTP/1.1 response (after requests written with `send`), within 15 s.
     pub async fn response(&mut self) -> anyhow::Result<RawResponse> {
         tokio::time::timeout(IO_TIMEOUT, self.read_response())
@@ -690,7 +699,7 @@ fn hpack_literal(block: &mut Vec<u8>, name_index: u8, value: &[u8]) {
 /// The `:status` of a response header block, which must come first (RFC 9113 §8.3).
 /// Handles the indexed static-table statuses and literals with a raw or Huffman-coded
 /// three-digit value.
-fn hpack_status(block: &[u8]) -> Option<u16> {
+pub fn hpack_status(block: &[u8]) -> Option<u16> {
     let first = *block.first()?;
     if first & 0x80 != 0 {
         return match first & 0x7f {
