@@ -1980,13 +1980,29 @@ fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// HPACK "literal header field without indexing — new name", raw strings (< 127 bytes).
+/// An HPACK integer with a `prefix_bits`-bit prefix (RFC 7541 §5.1); `first` holds the
+/// bits above the prefix.
+fn hpack_int(out: &mut Vec<u8>, prefix_bits: u8, first: u8, n: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if n < max {
+        out.push(first | n as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    let mut n = n - max;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// HPACK "literal header field without indexing — new name", raw strings.
 fn hpack_field(block: &mut Vec<u8>, name: &str, value: &str) {
-    assert!(name.len() < 127 && value.len() < 127);
     block.push(0);
-    block.push(name.len() as u8);
+    hpack_int(block, 7, 0, name.len());
     block.extend_from_slice(name.as_bytes());
-    block.push(value.len() as u8);
+    hpack_int(block, 7, 0, value.len());
     block.extend_from_slice(value.as_bytes());
 }
 
@@ -2011,11 +2027,24 @@ impl H2 {
         extra: &[(&str, &str)],
         end: bool,
     ) {
+        self.request_to(stream, HOST, method, path, extra, end)
+            .await
+    }
+
+    async fn request_to(
+        &mut self,
+        stream: u32,
+        authority: &str,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        end: bool,
+    ) {
         let mut block = Vec::new();
         hpack_field(&mut block, ":method", method);
         hpack_field(&mut block, ":scheme", "https");
         hpack_field(&mut block, ":path", path);
-        hpack_field(&mut block, ":authority", HOST);
+        hpack_field(&mut block, ":authority", authority);
         for (k, v) in extra {
             hpack_field(&mut block, k, v);
         }
@@ -2219,6 +2248,167 @@ async fn h2_requests_get_max_body_bytes_and_body_timeout_too() {
         ));
     }
     assert_no_failures("HTTP/2 body limits", &failures);
+}
+
+/// (what, :authority, :path, other headers, statuses accepted).
+type H2Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    &'a [u16],
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_requests_get_head_limits_host_and_path_checks_too() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) =
+        tls_env(&rec, "[limits]\nmax_header_bytes = 4096\nmax_headers = 20").await;
+    let addr = proxy.ports.https;
+    let mut failures = Vec::new();
+
+    let big = "a".repeat(5000);
+    let many: Vec<(String, String)> = (0..21)
+        .map(|i| (format!("x-n{i}"), "v".to_string()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // (what, authority, path, extra headers, accepted outcomes)
+    let refused: [H2Case; 5] = [
+        (
+            "a 5000-byte header",
+            HOST,
+            "/h2-big-header",
+            vec![("x-big", big.as_str())],
+            &[431],
+        ),
+        ("21 headers", HOST, "/h2-many", many, &[431]),
+        (
+            "an invalid :authority",
+            "a b.wild.test",
+            "/h2-host",
+            vec![],
+            &[400],
+        ),
+        (
+            "an :authority with a slash",
+            "evil.com/x.wild.test",
+            "/h2-host",
+            vec![],
+            &[400],
+        ),
+        (
+            "a climbing path",
+            HOST,
+            "/public/../../secret",
+            vec![],
+            &[400],
+        ),
+    ];
+    for (what, authority, path, extra, want) in &refused {
+        let mut h = H2::open(addr, &ca).await;
+        h.request_to(1, authority, "GET", path, extra, true).await;
+        match h.end_of(1, Duration::from_secs(5)).await {
+            Some(H2End::Status(code)) if want.contains(&code) => {}
+            // A stream or connection error is a refusal too for an oversized head.
+            // A stream error is a refusal too: for an oversized head, and for a malformed
+            // :authority the HTTP/2 layer rejects before any routing (RFC 9113 §8.1.1).
+            Some(H2End::Reset(_)) | Some(H2End::Gone(_))
+                if want.contains(&431) || authority.contains([' ', '/']) => {}
+            other => failures.push(format!("HTTP/2 {what}: {other:?}, want {want:?}")),
+        }
+    }
+    if rec.raw_bytes() > 0 {
+        failures.push(format!(
+            "refused HTTP/2 requests reached the backend: {:?}",
+            rec.summaries()
+        ));
+    }
+
+    // Within the limits: served. And a path with dot-segments is normalised and routed
+    // like over HTTP/1 (the host comes from :authority here, not from a Host header).
+    let ok_headers: Vec<(String, String)> = (0..15)
+        .map(|i| (format!("x-n{i}"), "v".to_string()))
+        .collect();
+    let mut extra: Vec<(&str, &str)> = ok_headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let value = "c".repeat(3000);
+    extra.push(("x-big", value.as_str()));
+    for (what, path, extra, want_path) in [
+        ("16 headers and 3000 bytes", "/ok", &extra[..], "/ok"),
+        ("a path with dot-segments", "/public/../ok", &[][..], "/ok"),
+        ("a path with %2e%2e", "/public/%2e%2e/ok", &[][..], "/ok"),
+    ] {
+        let mut h = H2::open(addr, &ca).await;
+        h.request(1, "GET", path, extra, true).await;
+        match h.end_of(1, IO_TIMEOUT).await {
+            Some(H2End::Status(200)) => {
+                let body = h.body_of(1).await;
+                let json: serde_json::Value = serde_json::from_slice(&body).expect("backend JSON");
+                if json["path"] != want_path {
+                    failures.push(format!(
+                        "HTTP/2 {what}: {path} forwarded as {}, want {want_path}",
+                        json["path"]
+                    ));
+                }
+            }
+            Some(H2End::Status(code)) => {
+                let body = h.body_of(1).await;
+                failures.push(format!(
+                    "HTTP/2 {what} ({path}): {code} {}",
+                    String::from_utf8_lossy(&body).trim()
+                ));
+            }
+            other => failures.push(format!("HTTP/2 {what} ({path}): {other:?}")),
+        }
+    }
+    assert_no_failures("HTTP/2 heads", &failures);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_connections_counts_http_and_https_together() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) =
+        tls_env(&rec, "[limits]\nmax_connections = 2\nheader_timeout_s = 30").await;
+
+    // One https connection (served, kept alive) and one plain one (served, kept alive).
+    let mut t = TlsConn::connect(
+        proxy.ports.https,
+        HOST,
+        client_config(&ca, &[&TLS13], &[b"http/1.1"]),
+    )
+    .await
+    .expect("handshake");
+    let r = t.get(HOST, "/tls").await.expect("https request");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let mut a = Conn::open(proxy.ports.http).await;
+    // The http listener redirects routed hosts to https: a 308 is an answer all the same.
+    a.send_ok(format!("GET /a HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = a
+        .try_response(Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("the plain connection: {e}"));
+    assert_eq!(r.status, 308);
+
+    // A third (plain) connection waits.
+    let mut c = Conn::open(proxy.ports.http).await;
+    c.send_ok(format!("GET /c HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    if let Ok(r) = c.try_response(Duration::from_secs(1)).await {
+        panic!(
+            "a third connection was answered ({}) while an http and an https connection were open (max_connections = 2)",
+            r.status
+        );
+    }
+    // The https one closes: the third is answered.
+    drop(t);
+    let r = c
+        .try_response(Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("the waiting connection after the https one closed: {e}"));
+    assert_eq!(r.status, 308);
 }
 
 /// The parameters of the first non-ACK SETTINGS frame in `bytes` (HTTP/2 frames from the
