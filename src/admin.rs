@@ -168,11 +168,7 @@ impl AdminApp {
                 ok(&c.set_backends(service, color, parse(body)?).await?)
             }
             ("GET", ["history"]) => {
-                let limit = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("limit="))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(100);
+                let limit = crate::api::history_limit(query).map_err(|e| ApiError::new(400, e))?;
                 ok(&c.history(limit)?)
             }
             ("POST", ["reload"]) => ok(&c.reload().await?),

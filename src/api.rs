@@ -138,9 +138,29 @@ pub struct SmokeResponse {
     pub results: Vec<SmokeResult>,
 }
 
+/// `GET /v1/history` without `?limit=`: the newest this many events.
+pub const HISTORY_DEFAULT_LIMIT: usize = 100;
+/// The most `?limit=` may ask for.
+pub const HISTORY_MAX_LIMIT: usize = 1000;
+
+/// `GET /v1/history?limit=N`: the newest N events, oldest first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryResponse {
     pub events: Vec<HistoryEvent>,
+}
+
+/// The `limit` of a `GET /v1/history` query string: absent → the default; anything but a
+/// whole number from 1 to [`HISTORY_MAX_LIMIT`] → an error to answer with a 400.
+pub fn history_limit(query: &str) -> Result<usize, String> {
+    let Some(v) = query.split('&').find_map(|kv| kv.strip_prefix("limit=")) else {
+        return Ok(HISTORY_DEFAULT_LIMIT);
+    };
+    match v.parse::<usize>() {
+        Ok(n) if (1..=HISTORY_MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "limit must be a whole number from 1 to {HISTORY_MAX_LIMIT}, not {v:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,4 +197,27 @@ pub struct RenewRequest {
 pub struct RenewResponse {
     /// The hosts whose renewal was scheduled now.
     pub hosts: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_limit_parses_defaults_and_refuses() {
+        assert_eq!(history_limit(""), Ok(HISTORY_DEFAULT_LIMIT));
+        assert_eq!(history_limit("other=1"), Ok(HISTORY_DEFAULT_LIMIT));
+        assert_eq!(history_limit("limit=5"), Ok(5));
+        assert_eq!(history_limit("x=y&limit=1000"), Ok(1000));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=-1",
+            "limit=abc",
+            "limit=",
+            "limit=2.5",
+        ] {
+            assert!(history_limit(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -2,8 +2,11 @@
 //!
 //! `state.json` holds the release state and overrides, rewritten whole with temp file +
 //! fsync + rename + directory fsync, so a crash leaves the old file or the new one, never a
-//! torn one. `history.jsonl` is append-only, one JSON event per line. The [`StateStore`] trait
-//! is the seam where a shared (etcd) store slots in beside this file one.
+//! torn one. `history.jsonl` is appended to, one JSON event per line, and bounded: once it
+//! holds more than [`HISTORY_MAX_EVENTS`] events or [`HISTORY_MAX_BYTES`] bytes it is
+//! rewritten (the same atomic way) with its newest half, so a year of releases cannot fill
+//! the disk. The [`StateStore`] trait is the seam where a shared (etcd) store slots in beside
+//! this file one.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -21,6 +24,10 @@ pub const STATE_FILE: &str = "state.json";
 pub const HISTORY_FILE: &str = "history.jsonl";
 /// The `version` written into state.json; a newer one is refused rather than misread.
 pub const STATE_VERSION: u32 = 1;
+/// `history.jsonl` is rotated once it holds more events than this…
+pub const HISTORY_MAX_EVENTS: usize = 10_000;
+/// …or more bytes than this (events that list many smoke failures are large).
+pub const HISTORY_MAX_BYTES: u64 = 8 << 20;
 
 /// Everything that must survive a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,20 +94,94 @@ pub trait StateStore: Send + Sync {
 
 pub struct FileStore {
     dir: PathBuf,
-    /// Serialises history appends from concurrent tasks.
-    history_lock: Mutex<()>,
+    /// Serialises history appends (and rotations) from concurrent tasks; holds the size of
+    /// `history.jsonl` once known.
+    history: Mutex<Option<HistorySize>>,
+    max_events: usize,
+    max_bytes: u64,
+}
+
+/// What `history.jsonl` holds: lines (events) and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HistorySize {
+    events: usize,
+    bytes: u64,
 }
 
 impl FileStore {
     pub fn new(dir: &Path) -> FileStore {
+        Self::with_history_limits(dir, HISTORY_MAX_EVENTS, HISTORY_MAX_BYTES)
+    }
+
+    /// A store whose history is rotated past `max_events` events or `max_bytes` bytes.
+    pub fn with_history_limits(dir: &Path, max_events: usize, max_bytes: u64) -> FileStore {
         FileStore {
             dir: dir.to_path_buf(),
-            history_lock: Mutex::new(()),
+            history: Mutex::new(None),
+            max_events: max_events.max(2),
+            max_bytes: max_bytes.max(2),
         }
     }
 
     pub fn state_path(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
+    }
+
+    pub fn history_path(&self) -> PathBuf {
+        self.dir.join(HISTORY_FILE)
+    }
+
+    /// Counts the events and bytes of `history.jsonl` (read once, then kept up to date), and
+    /// whether its last line is torn (no newline: a crash mid-append).
+    fn measure(path: &Path) -> io::Result<(HistorySize, bool)> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok((
+                HistorySize {
+                    events: bytes
+                        .split(|&c| c == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .count(),
+                    bytes: bytes.len() as u64,
+                },
+                bytes.last().is_some_and(|&c| c != b'\n'),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((
+                HistorySize {
+                    events: 0,
+                    bytes: 0,
+                },
+                false,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rewrites `history.jsonl` with its newest half (by events and by bytes), atomically: a
+    /// failed write leaves the old file as it was. A torn last line (a crash mid-append) is
+    /// dropped.
+    fn rotate(&self, path: &Path) -> io::Result<HistorySize> {
+        let bytes = std::fs::read(path)?;
+        let mut lines: Vec<&[u8]> = bytes.split_inclusive(|&c| c == b'\n').collect();
+        if lines.last().is_some_and(|l| !l.ends_with(b"\n")) {
+            lines.pop();
+        }
+        let (keep_events, keep_bytes) = (self.max_events / 2, self.max_bytes / 2);
+        let mut kept = 0u64;
+        let mut first = lines.len();
+        while first > 0 && lines.len() - first < keep_events {
+            let len = lines[first - 1].len() as u64;
+            if kept + len > keep_bytes {
+                break;
+            }
+            kept += len;
+            first -= 1;
+        }
+        let out = lines[first..].concat();
+        write_atomic(path, &out, 0o600)?;
+        Ok(HistorySize {
+            events: lines.len() - first,
+            bytes: out.len() as u64,
+        })
     }
 }
 
@@ -137,37 +218,68 @@ impl StateStore for FileStore {
     }
 
     fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
-        let path = self.dir.join(HISTORY_FILE);
-        let _g = self.history_lock.lock().unwrap();
-        let mut line = serde_json::to_vec(event).expect("event serialises");
-        line.push(b'\n');
-        let write = || -> io::Result<()> {
+        let path = self.history_path();
+        let mut size = self.history.lock().unwrap();
+        let event_line = serde_json::to_vec(event).expect("event serialises");
+        let write = |size: &mut Option<HistorySize>| -> io::Result<()> {
+            let (mut now, torn) = match *size {
+                Some(s) => (s, false),
+                None => Self::measure(&path)?,
+            };
+            let mut line = Vec::with_capacity(event_line.len() + 2);
+            if torn {
+                // End the torn line so that this event is a line of its own.
+                line.push(b'\n');
+            }
+            line.extend_from_slice(&event_line);
+            line.push(b'\n');
+            // Room first: past a limit, keep the newest half, then append. A rotation that
+            // cannot be written leaves the file as it was and loses no event: the event is
+            // appended anyway and the next append tries again.
+            if now.events + 1 > self.max_events || now.bytes + line.len() as u64 > self.max_bytes {
+                match self.rotate(&path) {
+                    Ok(rotated) => now = rotated,
+                    Err(e) => tracing::warn!(
+                        "cannot rotate {}: {e}; the history keeps growing until it can",
+                        path.display()
+                    ),
+                }
+            }
+            // Unknown until the append is known to have happened in full.
+            *size = None;
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
                 .open(&path)?;
             f.write_all(&line)?;
-            f.sync_data()
+            f.sync_data()?;
+            *size = Some(HistorySize {
+                events: now.events + 1,
+                bytes: now.bytes + line.len() as u64,
+            });
+            Ok(())
         };
-        write().map_err(|source| StoreError::Write { path, source })
+        write(&mut size).map_err(|source| StoreError::Write { path, source })
     }
 
     fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
-        let path = self.dir.join(HISTORY_FILE);
+        let path = self.history_path();
         let f = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
-        let mut events: Vec<HistoryEvent> = BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            // A line torn by a crash mid-append is skipped, not fatal.
-            .filter_map(|l| serde_json::from_str(&l).ok())
+        let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+        // The newest `limit` events, read from the end; a line torn by a crash mid-append is
+        // skipped, not fatal.
+        let mut events: Vec<HistoryEvent> = lines
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(limit)
             .collect();
-        let skip = events.len().saturating_sub(limit);
-        events.drain(..skip);
+        events.reverse();
         Ok(events)
     }
 }
@@ -324,6 +436,160 @@ mod tests {
         let h = store.history(2).unwrap();
         assert_eq!(h.len(), 2);
         assert_eq!(h[1].services, vec!["s4".to_string()]);
+    }
+
+    fn event(i: usize, detail: serde_json::Value) -> HistoryEvent {
+        HistoryEvent::now("switch", vec![format!("s{i}")], "ok", detail)
+    }
+
+    fn file_events(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join(HISTORY_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let e: HistoryEvent = serde_json::from_str(l).unwrap();
+                e.services[0].clone()
+            })
+            .collect()
+    }
+
+    /// `s{from}` … `s{to}`.
+    fn names(from: usize, to: usize) -> Vec<String> {
+        (from..=to).map(|i| format!("s{i}")).collect()
+    }
+
+    #[test]
+    fn history_rotates_past_max_events_keeping_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::with_history_limits(dir.path(), 10, 1 << 20);
+        for i in 0..10 {
+            store
+                .append_history(&event(i, serde_json::Value::Null))
+                .unwrap();
+        }
+        assert_eq!(
+            file_events(dir.path()),
+            names(0, 9),
+            "not rotated at the limit"
+        );
+        // The 11th: rotated down to the newest 5, then appended.
+        store
+            .append_history(&event(10, serde_json::Value::Null))
+            .unwrap();
+        assert_eq!(file_events(dir.path()), names(5, 10));
+        for i in 11..=24 {
+            store
+                .append_history(&event(i, serde_json::Value::Null))
+                .unwrap();
+            let kept = file_events(dir.path());
+            assert!(kept.len() <= 10, "{} events after {i}", kept.len());
+            assert_eq!(kept, names(i + 1 - kept.len(), i), "newest must be kept");
+        }
+        let h = store.history(3).unwrap();
+        let got: Vec<&str> = h.iter().map(|e| e.services[0].as_str()).collect();
+        assert_eq!(got, ["s22", "s23", "s24"], "newest 3, oldest first");
+        // No temp file is left behind.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [HISTORY_FILE]);
+    }
+
+    #[test]
+    fn history_rotates_past_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::with_history_limits(dir.path(), 1000, 4000);
+        let big = serde_json::json!({ "pad": "x".repeat(300) });
+        for i in 0..100 {
+            store.append_history(&event(i, big.clone())).unwrap();
+            let len = std::fs::metadata(dir.path().join(HISTORY_FILE))
+                .unwrap()
+                .len();
+            assert!(len <= 4000, "{len} bytes after event {i}");
+        }
+        let kept = file_events(dir.path());
+        assert!(kept.len() >= 5, "{kept:?}");
+        assert_eq!(kept, names(100 - kept.len(), 99));
+    }
+
+    #[test]
+    fn history_of_an_existing_file_is_measured_then_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::with_history_limits(dir.path(), 1000, 1 << 20);
+        for i in 0..30 {
+            store
+                .append_history(&event(i, serde_json::Value::Null))
+                .unwrap();
+        }
+        // A restart with a lower limit: the first append finds the file too long.
+        let store = FileStore::with_history_limits(dir.path(), 20, 1 << 20);
+        store
+            .append_history(&event(30, serde_json::Value::Null))
+            .unwrap();
+        assert_eq!(file_events(dir.path()), names(20, 30));
+    }
+
+    #[test]
+    fn failed_rotation_leaves_the_file_and_loses_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::with_history_limits(dir.path(), 4, 1 << 20);
+        for i in 0..4 {
+            store
+                .append_history(&event(i, serde_json::Value::Null))
+                .unwrap();
+        }
+        // A directory where the rotation's temp file would go makes its write fail.
+        let blocked = dir
+            .path()
+            .join(format!(".{HISTORY_FILE}.tmp.{}", std::process::id()));
+        std::fs::create_dir(&blocked).unwrap();
+        store
+            .append_history(&event(4, serde_json::Value::Null))
+            .unwrap();
+        assert_eq!(
+            file_events(dir.path()),
+            names(0, 4),
+            "old file plus the new event"
+        );
+        std::fs::remove_dir(&blocked).unwrap();
+        store
+            .append_history(&event(5, serde_json::Value::Null))
+            .unwrap();
+        assert_eq!(file_events(dir.path()), names(3, 5));
+    }
+
+    #[test]
+    fn history_skips_a_torn_line_and_appends_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::with_history_limits(dir.path(), 6, 1 << 20);
+        for i in 0..3 {
+            store
+                .append_history(&event(i, serde_json::Value::Null))
+                .unwrap();
+        }
+        let path = dir.path().join(HISTORY_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"time\":\"torn").unwrap();
+        drop(f);
+        let store = FileStore::with_history_limits(dir.path(), 6, 1 << 20);
+        let h = store.history(10).unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(store.history(2).unwrap()[1].services, ["s2"]);
+        for i in 3..6 {
+            store
+                .append_history(&event(i, serde_json::Value::Null))
+                .unwrap();
+        }
+        let h: Vec<String> = store
+            .history(100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.services[0].clone())
+            .collect();
+        // s3 is not glued to the torn line; the rotation kept the newest 3 lines, the torn
+        // one among them, then appended s5.
+        assert_eq!(h, names(3, 5));
     }
 
     #[test]

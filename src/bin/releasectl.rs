@@ -50,10 +50,10 @@ enum Verb {
     Smoke(SmokeArgs),
     /// Replace the backends of a color of a service (persisted).
     Backends(BackendsArgs),
-    /// Show the release history, oldest first.
+    /// Show the newest events of the release history, oldest first.
     History {
-        /// How many events to show.
-        #[arg(long, default_value_t = 20)]
+        /// How many of the newest events to show (1 to 1000).
+        #[arg(long, default_value_t = 20, value_parser = parse_history_limit)]
         limit: usize,
     },
     /// Re-read the config; an invalid config is refused and the old one keeps serving.
@@ -111,6 +111,11 @@ struct CanaryArgs {
     /// Return once the canary started instead of following it.
     #[arg(long)]
     detach: bool,
+}
+
+/// `--limit` of `history`: what `GET /v1/history?limit=` accepts.
+fn parse_history_limit(s: &str) -> Result<usize, String> {
+    switchyard::api::history_limit(&format!("limit={s}"))
 }
 
 fn parse_interval(s: &str) -> Result<u64, String> {

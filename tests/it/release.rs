@@ -944,3 +944,83 @@ async fn backends_change_during_smoke_checks_waits_for_the_switch() {
     assert!(refused.stderr.contains(&bad), "{refused}");
     assert_traffic(&proxy, "blue", 2, "after the refused switch").await;
 }
+
+// 12. GET /v1/history?limit=N: the newest N events, oldest first; a bad limit is a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_is_paged_with_limit() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::start(&web_config(&[&blue], &[&green], SMOKE)).await;
+    for color in ["green", "blue", "green", "blue", "green", "blue"] {
+        let (code, body) = switch_api(&proxy, json!({ "color": color })).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let t = token(&proxy);
+    let history = |query: &'static str| {
+        let (proxy, t) = (&proxy, t.clone());
+        async move {
+            admin_call(
+                proxy,
+                Method::GET,
+                &format!("/v1/history{query}"),
+                Some(&t),
+                None,
+            )
+            .await
+        }
+    };
+    let (code, all) = history("").await;
+    assert_eq!(code, 200, "{all}");
+    let all = all["events"].as_array().cloned().unwrap();
+    let switches: Vec<&Value> = all.iter().filter(|e| e["action"] == "switch").collect();
+    assert_eq!(switches.len(), 6, "{all:?}");
+    assert_eq!(
+        all.last().unwrap()["detail"]["to"],
+        "blue",
+        "oldest first: {all:?}"
+    );
+
+    let (code, three) = history("?limit=3").await;
+    assert_eq!(code, 200, "{three}");
+    assert_eq!(
+        three["events"].as_array().unwrap()[..],
+        all[all.len() - 3..],
+        "the newest 3, oldest first"
+    );
+    let (code, max) = history("?limit=1000").await;
+    assert_eq!(code, 200, "{max}");
+    assert_eq!(max["events"].as_array().unwrap().len(), all.len());
+
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?limit=abc",
+        "?limit=",
+        "?limit=-5",
+    ] {
+        let (code, body) = history(bad).await;
+        assert_eq!(code, 400, "GET /v1/history{bad}: {body}");
+        let msg = body["error"].as_str().unwrap_or_default();
+        assert!(msg.contains("limit"), "GET /v1/history{bad}: {body}");
+    }
+
+    let out = releasectl(&proxy, &["--json", "history", "--limit", "2"]).await;
+    out.expect_code(0);
+    assert_eq!(
+        out.json()["events"].as_array().unwrap()[..],
+        all[all.len() - 2..],
+        "{out}"
+    );
+    let text = releasectl(&proxy, &["history", "--limit", "1"]).await;
+    text.expect_code(0);
+    assert_eq!(
+        text.stdout.lines().filter(|l| l.contains("switch")).count(),
+        1,
+        "{text}"
+    );
+    for bad in ["0", "1001", "many"] {
+        let out = releasectl(&proxy, &["history", "--limit", bad]).await;
+        out.expect_code(2);
+        assert!(out.stderr.contains("limit"), "{out}");
+    }
+}
