@@ -659,6 +659,10 @@ async fn ambiguous_framing_is_400_and_closed_and_nothing_reaches_the_backend() {
             post("Transfer-Encoding : chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"),
         ),
         (
+            "a tab before the colon (Content-Length)",
+            post("Content-Length\t: 5\r\n", "hello"),
+        ),
+        (
             "whitespace before the colon (other header)",
             format!("GET /smuggle HTTP/1.1\r\nHost: {HOST}\r\nX-Foo : bar\r\n\r\n"),
         ),
@@ -798,6 +802,132 @@ async fn bad_chunk_size_is_400_and_closed_and_never_a_complete_request_upstream(
     .await;
     let r = get(proxy.http_addr, "/after").await;
     assert_eq!(r.status, 200, "{}", r.body_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unusual_but_valid_clients_are_served() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let addr = proxy.http_addr;
+
+    // Two pipelined requests, head and body, written a byte at a time: every split point
+    // of request lines, header lines, the empty line and the body.
+    let body = pattern(300, 4);
+    let mut wire = format!(
+        "POST /bytewise HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&body);
+    wire.extend_from_slice(format!("GET /bytewise-2 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes());
+    let mut c = Conn::open(addr).await;
+    for b in &wire {
+        c.send_ok(&[*b]).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_echo(
+        "a request written byte by byte",
+        &c.response().await,
+        "/bytewise",
+        &body,
+    );
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["path"], "/bytewise-2");
+
+    // Chunk extensions and upper-case hex digits are valid chunked framing.
+    let mut c = Conn::open(addr).await;
+    c.send_ok(
+        format!(
+            "{}5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n",
+            upload_head("/ext")
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_echo(
+        "chunk extensions and upper-case hex",
+        &c.response().await,
+        "/ext",
+        b"hello0123456789",
+    );
+
+    assert_eq!(rec.count(), 3, "{:?}", rec.summaries());
+    assert_eq!(rec.stray_bytes(), 0, "{}", rec.raw_preview());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absolute_form_target_goes_upstream_in_origin_form_and_never_routes_one_host_but_forwards_another(
+) {
+    let exact = Recorder::start("exact").await;
+    let wild = Recorder::start("wild").await;
+    let cfg = format!(
+        r#"{BASE}
+[[route]]
+host = "{HOST}"
+service = "exact"
+
+[[route]]
+host = "*.wild.test"
+service = "wild"
+
+[service.exact]
+backends = ["{}"]
+
+[service.wild]
+backends = ["{}"]
+"#,
+        exact.addr, wild.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+
+    // The same authority as Host: served, in origin form on the wire (a hyper backend would
+    // hide an absolute-form target; the recorder sees the request line as sent). Without
+    // dot-segments, so that no path normalisation rewrites the target anyway.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(format!("GET http://{HOST}/abs?x=1 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let req = exact.requests().pop().expect("the absolute-form request");
+    assert_eq!(req.target, "/abs?x=1", "{}", req.summary());
+
+    // Another authority than Host: refused, or routed and forwarded consistently (the
+    // backend's Host is the host it was routed by, the target in origin form).
+    let exact_before = exact.raw_bytes();
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(b"GET http://x.wild.test/abs2 HTTP/1.1\r\nHost: hostile.test\r\n\r\n")
+        .await;
+    let r = c.response().await;
+    match r.status {
+        400 => {
+            assert_eq!(
+                (exact.raw_bytes(), wild.raw_bytes()),
+                (exact_before, 0),
+                "refused, yet forwarded: {:?} {:?}",
+                exact.summaries(),
+                wild.summaries()
+            );
+        }
+        200 => {
+            let backend = r.json()["backend"].as_str().unwrap_or_default().to_string();
+            let rec = if backend == "wild" { &wild } else { &exact };
+            let req = rec.requests().pop().expect("the forwarded request");
+            let want_host = if backend == "wild" {
+                "x.wild.test"
+            } else {
+                HOST
+            };
+            assert_eq!(req.target, "/abs2", "{}", req.summary());
+            assert_eq!(
+                req.header("host").as_deref(),
+                Some(want_host),
+                "routed to {backend} but forwarded as {}",
+                req.summary()
+            );
+        }
+        other => panic!("absolute-form with another Host: {other} {}", r.body_str()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
