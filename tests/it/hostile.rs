@@ -857,6 +857,109 @@ async fn unusual_but_valid_clients_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn malformed_heads_are_400_closed_and_not_forwarded() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "")).await;
+    let text = proxy.metrics().await;
+    let before = rejected_in(&text, "bad_framing") + rejected_in(&text, "bad_request");
+
+    let get = |extra: &str| format!("GET /m HTTP/1.1\r\nHost: {HOST}\r\n{extra}\r\n");
+    let cases: Vec<(&str, String)> = vec![
+        ("a bare CR in a header value", get("X-A: a\rb\r\n")),
+        ("a NUL in a header value", get("X-A: a\0b\r\n")),
+        (
+            "a header name with a non-token character",
+            get("X(A): 1\r\n"),
+        ),
+        ("a header line without a colon", get("X-A 1\r\n")),
+        (
+            "a space inside the target",
+            format!("GET /a b HTTP/1.1\r\nHost: {HOST}\r\n\r\n"),
+        ),
+        (
+            "a control character in the target",
+            format!("GET /a\x01 HTTP/1.1\r\nHost: {HOST}\r\n\r\n"),
+        ),
+        (
+            "an unknown HTTP version",
+            format!("GET / HTTP/1.7\r\nHost: {HOST}\r\n\r\n"),
+        ),
+        (
+            "a request line of garbage",
+            "\x16\x03\x01\x02\x00\x01\x00\x01\x7f\x03\x03\r\n\r\n".to_string(),
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, wire) in &cases {
+        if let Err(e) = check_refused(proxy.http_addr, wire.as_bytes(), 400).await {
+            failures.push(format!("{what}: {e}"));
+        }
+    }
+    assert_no_failures("malformed heads", &failures);
+    rec.assert_untouched("after the malformed heads");
+    let ok = poll_until(Duration::from_secs(5), || async {
+        let text = proxy.metrics().await;
+        let now = rejected_in(&text, "bad_framing") + rejected_in(&text, "bad_request");
+        (now - before == cases.len() as f64).then_some(())
+    })
+    .await;
+    let text = proxy.metrics().await;
+    assert!(
+        ok.is_some(),
+        "{} malformed heads, counted as:\n{}",
+        cases.len(),
+        metric_lines(&text, REJECTED).join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_beyond_max_header_bytes_in_total_are_all_served() {
+    let rec = Recorder::start("app").await;
+    let proxy = Proxy::start(&config(&rec, "[limits]\nmax_header_bytes = 4096")).await;
+
+    // 200 requests of ~1 KB heads, with a 100 KB POST body in the middle, in one write:
+    // each head is within max_header_bytes, together they are 50 times over it.
+    let body = pattern(100_000, 8);
+    let mut wire = Vec::new();
+    for i in 0..200 {
+        if i == 100 {
+            wire.extend_from_slice(
+                format!(
+                    "POST /p-body HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            wire.extend_from_slice(&body);
+        }
+        wire.extend_from_slice(
+            format!(
+                "GET /p{i} HTTP/1.1\r\nHost: {HOST}\r\nX-Pad: {}\r\n\r\n",
+                "p".repeat(1000)
+            )
+            .as_bytes(),
+        );
+    }
+    // Written from another task while the responses are read: neither side stalls.
+    let mut c = Conn::open(proxy.http_addr).await;
+    let mut w = c.w.take().unwrap();
+    let writer = tokio::spawn(async move { w.write_all(&wire).await.map(|()| w) });
+    for i in 0..200 {
+        if i == 100 {
+            assert_echo("the pipelined POST", &c.response().await, "/p-body", &body);
+        }
+        let r = c
+            .try_response(IO_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("pipelined request {i}: {e}"));
+        assert_eq!(r.status, 200, "pipelined request {i}: {}", r.body_str());
+        assert_eq!(r.json()["path"], format!("/p{i}"));
+    }
+    writer.await.unwrap().expect("write the pipelined requests");
+    assert_eq!(rec.count(), 201, "{:?}", rec.summaries().len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn absolute_form_target_goes_upstream_in_origin_form_and_never_routes_one_host_but_forwards_another(
 ) {
     let exact = Recorder::start("exact").await;
