@@ -103,6 +103,11 @@ impl EdgeApp {
         }
     }
 
+    /// The limits in force (the config's, as of the last reload).
+    pub fn limits(&self) -> Limits {
+        self.edge.shared.snapshot.load().config.limits
+    }
+
     /// Waits for a connection slot: beyond `max_connections`, accepted connections wait
     /// here, unread, until another closes (the permit goes with the connection).
     pub async fn admit_connection(&self) -> Option<OwnedSemaphorePermit> {

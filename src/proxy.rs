@@ -23,6 +23,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::config::Limits;
 use crate::metrics::{self, UpstreamErrorKind};
 use crate::pool::{Pool, PoolLoad};
 use crate::request_head::{normalize_path, Refusal, Rejection};
@@ -94,6 +95,8 @@ pub struct RequestCtx {
     request_id: Option<HeaderValue>,
     hsts: bool,
     upstream_error: Option<UpstreamErrorKind>,
+    /// HTTP/2 only: the request body's limits (HTTP/1 has `h1::BodyReader`).
+    body: Option<BodyProgress>,
     _inflight: Option<InflightGuard>,
     _upgraded: Option<UpgradedGuard>,
 }
@@ -109,6 +112,7 @@ impl RequestCtx {
             request_id: None,
             hsts: false,
             upstream_error: None,
+            body: None,
             _inflight: None,
             _upgraded: None,
         }
@@ -456,15 +460,19 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Err(refusal) = sanitize_request(session.req_header_mut()) {
+        let limits = self.shared.snapshot.load().config.limits;
+        let checked = sanitize_request(session.req_header_mut())
+            .and_then(|()| h2_head_limits(session.req_header(), &limits));
+        if let Err(refusal) = checked {
             metrics::global().rejected(refusal.reason);
             respond(
                 session,
-                LocalResponse::text(refusal.status, b"bad request\n"),
+                LocalResponse::text(refusal.status, b"request refused\n"),
             )
             .await?;
             return Ok(true);
         }
+        ctx.body = Some(BodyProgress::new(&limits));
         match self.admit(session.req_header(), session.client_addr(), ctx) {
             Some(local) => {
                 respond(session, local).await?;
@@ -572,10 +580,19 @@ impl ProxyHttp for EdgeProxy {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(progress), Some(chunk)) = (ctx.body.as_mut(), body.as_ref()) {
+            if let Err(refusal) = progress.advance(chunk.len()) {
+                metrics::global().rejected(refusal.reason);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(refusal.status),
+                    "request body beyond the limits",
+                );
+            }
+        }
         check_drain(ctx)
     }
 
@@ -596,6 +613,74 @@ impl ProxyHttp for EdgeProxy {
     }
 }
 
+/// The head limits of an HTTP/2 request (HTTP/1 heads are checked as they are read, in
+/// `crate::h1`): the header count, and a content-length beyond `max_body_bytes`. The
+/// header list's size is bounded by the h2 settings (`max_header_list_size`).
+fn h2_head_limits(req: &RequestHeader, limits: &Limits) -> std::result::Result<(), Refusal> {
+    if req.headers.len() > limits.max_headers {
+        return Err(Refusal::new(431, Rejection::TooLarge));
+    }
+    let size: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if size > limits.max_header_bytes {
+        return Err(Refusal::new(431, Rejection::TooLarge));
+    }
+    if limits.max_body_bytes > 0 {
+        let length = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if length.is_some_and(|n| n > limits.max_body_bytes) {
+            return Err(Refusal::new(413, Rejection::TooLarge));
+        }
+    }
+    Ok(())
+}
+
+/// The body limits on the HTTP/2 path, checked as each piece arrives: the size cap, and
+/// progress — at least 1 KiB per `body_timeout_s` — as on the HTTP/1 path. (pingora-proxy
+/// has no read timeout for HTTP/2 bodies; a body that stops altogether is bounded by the
+/// service's read timeout, which runs while the backend waits for it.)
+pub(crate) struct BodyProgress {
+    read: u64,
+    mark: u64,
+    deadline: Instant,
+    max: u64,
+    timeout: Duration,
+}
+
+impl BodyProgress {
+    fn new(limits: &Limits) -> BodyProgress {
+        BodyProgress {
+            read: 0,
+            mark: 0,
+            deadline: Instant::now() + limits.body_timeout,
+            max: limits.max_body_bytes,
+            timeout: limits.body_timeout,
+        }
+    }
+
+    fn advance(&mut self, n: usize) -> std::result::Result<(), Refusal> {
+        self.read += n as u64;
+        if self.max > 0 && self.read > self.max {
+            return Err(Refusal::new(413, Rejection::TooLarge));
+        }
+        let now = Instant::now();
+        if self.read - self.mark >= 1024 {
+            self.mark = self.read;
+            self.deadline = now + self.timeout;
+        } else if now > self.deadline {
+            return Err(Refusal::new(408, Rejection::Timeout));
+        }
+        Ok(())
+    }
+}
+
 /// Makes a request unambiguous before it is routed, on both request paths: the path
 /// normalised (what prefixes match and what the backend gets; `Err` when it climbs above
 /// `/`), an Upgrade other than WebSocket dropped (h2c and friends are not proxied), framing
@@ -611,7 +696,11 @@ pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(
     };
     // An absolute-form target (`GET http://a.test/x`) goes on in origin form: its authority
     // equals Host (pingora refuses it otherwise), and a backend must not route on another.
-    let absolute = req.uri.authority().is_some() && req.headers.contains_key(header::HOST);
+    // (pingora keeps an HTTP/1 absolute-form target verbatim for the wire and only its path
+    // in the URI; `set_uri` below drops the verbatim copy.)
+    let absolute = req.uri.path().starts_with('/')
+        && !req.raw_path().starts_with(b"/")
+        && req.headers.contains_key(header::HOST);
     if normalized.is_some() || absolute {
         let pq = match normalized {
             Some(p) => p.parse().map_err(|_| BAD)?,
@@ -621,7 +710,15 @@ pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
         };
-        req.set_uri(http::Uri::from(pq));
+        let uri = if absolute {
+            http::Uri::from(pq)
+        } else {
+            // HTTP/2 keeps its :scheme and :authority.
+            let mut parts = req.uri.clone().into_parts();
+            parts.path_and_query = Some(pq);
+            http::Uri::from_parts(parts).map_err(|_| BAD)?
+        };
+        req.set_uri(uri);
     }
     if let Some(up) = req.headers.get(header::UPGRADE) {
         if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {

@@ -7,7 +7,6 @@
 //! docs show for custom acceptors.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
@@ -20,16 +19,13 @@ use rustls::ServerConfig;
 use super::store::{CertStore, ACME_TLS_ALPN};
 use crate::h1::EdgeApp;
 
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// TLS 1.2 and 1.3 only; ALPN h2, http/1.1 and acme-tls/1 (chosen only by an ACME
 /// validator, which offers nothing else); certificates chosen by SNI from the store.
 pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
@@ -61,9 +57,9 @@ impl ServerApp for TlsFront {
             tracing::error!("HTTPS listener got a stream that is not TCP");
             return None;
         };
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.tls_handshake(*tcp))
-            .await
-        {
+        // The handshake counts against the first request's head deadline (slowloris on TLS).
+        let deadline = accepted + self.proxy.limits().header_timeout;
+        let tls = match tokio::time::timeout_at(deadline, self.acceptor.tls_handshake(*tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!("TLS handshake failed: {e}");
