@@ -1825,6 +1825,16 @@ async fn slow_head_is_cut_at_header_timeout() {
         rec.summaries()
     );
 
+    // The deadline is for the head only: a backend slower than header_timeout_s is fine.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(format!("GET /sleep/3000 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = c
+        .try_response(IO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("a 3 s backend answer with header_timeout_s = 2: {e}"));
+    assert_eq!(r.status, 200, "{}", r.body_str());
+
     // A head sent in pieces well within the deadline is served.
     let mut c = Conn::open(proxy.http_addr).await;
     for piece in [
@@ -1858,6 +1868,16 @@ async fn idle_keepalive_connection_is_closed_after_idle_timeout() {
         after >= Duration::from_millis(1500),
         "the idle connection was closed after {after:?}, before idle_timeout_s = 2"
     );
+
+    // A backend slower than idle_timeout_s: the request is not idle, it is served.
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(format!("GET /sleep/3000 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    let r = c
+        .try_response(IO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("a 3 s backend answer with idle_timeout_s = 2: {e}"));
+    assert_eq!(r.status, 200, "{}", r.body_str());
 
     // Idle for less than the timeout: still served.
     let mut c = Conn::open(proxy.http_addr).await;
@@ -1929,6 +1949,20 @@ async fn trickled_body_gets_408_at_body_timeout() {
         );
     }
     assert_rejected(&proxy, "timeout", before + 2.0, "the body 408s").await;
+
+    // A complete body and a backend slower than body_timeout_s: served (the body timer
+    // ends with the body).
+    let mut c = Conn::open(proxy.http_addr).await;
+    c.send_ok(
+        format!("POST /sleep/3000 HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\r\nhello")
+            .as_bytes(),
+    )
+    .await;
+    let r = c
+        .try_response(IO_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("a 3 s backend answer with body_timeout_s = 2: {e}"));
+    assert_eq!(r.status, 200, "{}", r.body_str());
 
     // A body that keeps coming (2 KiB every second, 6 s in all) is not cut: the timer
     // restarts with each KiB.

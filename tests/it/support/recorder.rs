@@ -5,7 +5,8 @@
 //!
 //! Every complete request is answered `200 OK` with a JSON body
 //! `{"backend", "method", "path", "query", "version", "headers": {lowercase name: values joined by
-//! ", "}, "body_len", "body_fnv"}` and the connection is kept alive. A request that cannot
+//! ", "}, "body_len", "body_fnv"}` and the connection is kept alive; `/sleep/MS` is
+//! answered after MS milliseconds. A request that cannot
 //! be parsed (or a connection closed mid-request) is not recorded as a request; its bytes
 //! still count in `raw_bytes()`.
 
@@ -220,7 +221,14 @@ async fn serve_conn(mut s: TcpStream, conn: usize, name: String, st: Arc<Mutex<S
         };
         req.conn = conn;
         let answer = echo(&name, &req);
+        let delay = req
+            .path()
+            .strip_prefix("/sleep/")
+            .and_then(|ms| ms.parse::<u64>().ok());
         st.lock().unwrap().requests.push(req);
+        if let Some(ms) = delay {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
         if s.write_all(&answer).await.is_err() {
             return;
         }
