@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::color::Color;
-use crate::release::Change;
-use crate::store::HistoryEvent;
+use crate::core::color::Color;
+use crate::core::release::Change;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwitchRequest {
@@ -183,7 +182,7 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CertsResponse {
-    pub certs: Vec<crate::tls::store::CertInfo>,
+    pub certs: Vec<CertInfo>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -220,4 +219,33 @@ mod tests {
             assert!(history_limit(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// One line of history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// switch, rollback, backends, reload, smoke, canary, promote, abort, alarm, start.
+    pub action: String,
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// ok, refused, failed, rolled_back, …
+    pub result: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// What `/v1/certs` reports for one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertInfo {
+    pub host: String,
+    pub issuer: String,
+    /// RFC 3339; absent while no certificate exists yet.
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+    pub days_left: Option<f64>,
+    pub next_renewal: Option<String>,
+    pub serial: Option<String>,
+    pub last_error: Option<String>,
 }

@@ -15,18 +15,19 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::admin::token;
 use crate::admin::AdminApp;
-use crate::color::Color;
-use crate::config::{Config, Pools};
-use crate::controller::{Controller, WatchService};
+use crate::control::{Controller, WatchService};
+use crate::core::color::Color;
+use crate::core::config::{Config, Pools};
 use crate::demo::DemoBackend;
-use crate::h1::EdgeApp;
-use crate::health::HealthChecker;
-use crate::proxy::EdgeProxy;
-use crate::shared::Shared;
+use crate::edge::h1::EdgeApp;
+use crate::edge::proxy::EdgeProxy;
+use crate::runtime::health::HealthChecker;
+use crate::runtime::seams::Http01Answers;
+use crate::runtime::shared::Shared;
 use crate::tls::front::TlsFront;
 use crate::tls::{self, CertManager, CertService};
-use crate::token;
 
 pub struct RunOptions {
     /// Start the built-in blue and green demo backends on the addresses of the demo service.
@@ -101,7 +102,9 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         let edge = EdgeProxy {
             shared: shared.clone(),
             tls: false,
-            certs: certs.as_ref().map(|c| c.store.clone()),
+            certs: certs
+                .as_ref()
+                .map(|c| c.store.clone() as Arc<dyn Http01Answers>),
             https_port: config.listen.https.map(|a| a.port()),
         };
         let app = EdgeApp::new(&conf, edge, connections.clone());
@@ -113,7 +116,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         let edge = EdgeProxy {
             shared: shared.clone(),
             tls: true,
-            certs: Some(certs.store.clone()),
+            certs: Some(certs.store.clone() as Arc<dyn Http01Answers>),
             https_port: Some(https.port()),
         };
         let proxy = Arc::new(EdgeApp::new(&conf, edge, connections.clone()));

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use switchyard::api::*;
-use switchyard::color::Color;
+use switchyard::core::color::Color;
 
 #[derive(Parser)]
 #[command(

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::config::{Config, LogFormat, DEMO_TOML};
+use switchyard::core::config::{Config, LogFormat, DEMO_TOML};
 use switchyard::{logging, server};
 
 #[global_allocator]

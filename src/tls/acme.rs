@@ -18,8 +18,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 
 use super::store::CertStore;
-use crate::config::{Challenge, TlsConfig};
-use crate::store::write_atomic;
+use crate::core::config::{Challenge, TlsConfig};
+use crate::persist::store::write_atomic;
 
 pub const ACCOUNT_FILE: &str = "acme-account.json";
 

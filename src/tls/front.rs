@@ -17,7 +17,7 @@ use pingora_core::server::ShutdownWatch;
 use rustls::ServerConfig;
 
 use super::store::{CertStore, ACME_TLS_ALPN};
-use crate::h1::EdgeApp;
+use crate::runtime::seams::ConnectionServer;
 
 /// TLS 1.2 and 1.3 only; ALPN h2, http/1.1 and acme-tls/1 (chosen only by an ACME
 /// validator, which offers nothing else); certificates chosen by SNI from the store.
@@ -32,13 +32,13 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
-pub struct TlsFront {
+pub struct TlsFront<A> {
     acceptor: Acceptor,
-    proxy: Arc<EdgeApp>,
+    proxy: Arc<A>,
 }
 
-impl TlsFront {
-    pub fn new(config: Arc<ServerConfig>, proxy: Arc<EdgeApp>) -> TlsFront {
+impl<A: ConnectionServer> TlsFront<A> {
+    pub fn new(config: Arc<ServerConfig>, proxy: Arc<A>) -> TlsFront<A> {
         TlsFront {
             acceptor: Acceptor::from_server_config(config),
             proxy,
@@ -47,7 +47,7 @@ impl TlsFront {
 }
 
 #[async_trait]
-impl ServerApp for TlsFront {
+impl<A: ConnectionServer> ServerApp for TlsFront<A> {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         // The listener hands us a boxed plain TCP stream; the handshake wants the concrete type.
         // The connection cap counts TLS connections from before their handshake.
@@ -80,6 +80,7 @@ impl ServerApp for TlsFront {
         }
         let stream: Stream = Box::new(tls);
         self.proxy
+            .clone()
             .serve_connection(stream, shutdown, accepted)
             .await;
         None
@@ -87,6 +88,6 @@ impl ServerApp for TlsFront {
 
     async fn cleanup(&self) {
         // The listener stopped: wake idle keep-alive connections so they close (SIGTERM).
-        ServerApp::cleanup(&*self.proxy).await;
+        self.proxy.stop().await;
     }
 }

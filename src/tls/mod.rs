@@ -23,10 +23,10 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::Notify;
 
-use crate::config::{Config, Issuer, TlsConfig};
-use crate::metrics;
-use crate::shared::Shared;
-use crate::store::{rfc3339, write_atomic};
+use crate::core::config::{Config, Issuer, TlsConfig};
+use crate::persist::store::{rfc3339, write_atomic};
+use crate::runtime::metrics;
+use crate::runtime::shared::Shared;
 use store::{covers, load_pem, unix_now, CertInfo, CertStore, LoadedCert};
 
 /// Longest sleep between two looks at the certificates.

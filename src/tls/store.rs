@@ -9,7 +9,6 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use serde::Serialize;
 
 /// The ALPN protocol of the tls-alpn-01 challenge (RFC 8737).
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
@@ -28,19 +27,7 @@ impl LoadedCert {
     }
 }
 
-/// What `/v1/certs` reports for one host.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct CertInfo {
-    pub host: String,
-    pub issuer: String,
-    /// RFC 3339; absent while no certificate exists yet.
-    pub not_before: Option<String>,
-    pub not_after: Option<String>,
-    pub days_left: Option<f64>,
-    pub next_renewal: Option<String>,
-    pub serial: Option<String>,
-    pub last_error: Option<String>,
-}
+pub use crate::api::CertInfo;
 
 #[derive(Default)]
 pub struct CertStore {
@@ -96,7 +83,15 @@ impl CertStore {
     pub fn http_challenge(&self, token: &str) -> Option<String> {
         self.http_challenges.lock().unwrap().get(token).cloned()
     }
+}
 
+impl crate::runtime::seams::Http01Answers for CertStore {
+    fn http01_answer(&self, token: &str) -> Option<String> {
+        self.http_challenge(token)
+    }
+}
+
+impl CertStore {
     fn lookup(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
         if let Some(c) = certs.get(name) {

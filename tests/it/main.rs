@@ -10,6 +10,7 @@ mod errors;
 mod h1_path;
 mod health;
 mod hostile;
+mod layers;
 mod lifecycle;
 mod metrics;
 mod release;

@@ -22,20 +22,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde_json::json;
 
+pub mod smoke;
 mod watch;
 
 pub use watch::{evaluate, Breach, WatchService};
 use watch::{Watch, WatchKind};
 
 use crate::api::*;
-use crate::color::Color;
-use crate::config::{resolve_addr, Config};
-use crate::metrics;
-use crate::release::{Change, Command, ReleaseState};
-use crate::shared::Shared;
-use crate::smoke;
-use crate::snapshot::{self, Overrides, Retained, Snapshot};
-use crate::store::{FileStore, HistoryEvent, PersistedState, StateStore, STATE_VERSION};
+use crate::core::color::Color;
+use crate::core::config::{resolve_addr, Config};
+use crate::core::release::{Change, Command, ReleaseState};
+use crate::persist::store::{FileStore, PersistedState, StateStore, STATE_VERSION};
+use crate::runtime::metrics;
+use crate::runtime::shared::Shared;
+use crate::runtime::snapshot::{self, Overrides, Retained, Snapshot};
 use crate::tls::CertManager;
 
 /// An API error: HTTP status and body.
@@ -95,7 +95,7 @@ fn parse_overrides(state: &PersistedState) -> Result<Overrides, String> {
 }
 
 /// Does `color` receive new requests under this release state?
-fn serves(r: &crate::release::ServiceRelease, color: Color) -> bool {
+fn serves(r: &crate::core::release::ServiceRelease, color: Color) -> bool {
     r.active == color
         || r.canary
             .as_ref()
@@ -138,7 +138,7 @@ impl Controller {
             // interval and an empty SLO window (the figures lived in memory).
             if let Some(c) = &r.canary {
                 tracing::info!(service = %name, color = %c.color, weight = c.weight, "resuming the canary");
-                let now = crate::slo::now_s();
+                let now = crate::core::slo::now_s();
                 watches.push(Watch {
                     services: vec![name.clone()],
                     color: c.color,
@@ -585,7 +585,7 @@ impl Controller {
             "canary",
             json!({ "color": req.color, "weight": req.steps.first(), "steps": req.steps, "interval_s": req.interval_s }),
         )?;
-        let now = crate::slo::now_s();
+        let now = crate::core::slo::now_s();
         Self::watch(
             &mut inner,
             Watch {

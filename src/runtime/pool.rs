@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use prometheus::IntGauge;
 
-use crate::metrics::PoolMetrics;
+use crate::runtime::metrics::PoolMetrics;
 
 /// One backend address and its health, shared by every snapshot that lists it so health
 /// survives reloads and switches.
@@ -79,7 +79,7 @@ pub struct PoolLoad {
     pub drain_deadline_ms: AtomicU64,
     /// Sliding-window figures for the SLO watch; allocated (≈150 KiB) only for services
     /// that have an `slo`.
-    pub slo: std::sync::OnceLock<crate::slo::SloStats>,
+    pub slo: std::sync::OnceLock<crate::core::slo::SloStats>,
 }
 
 impl PoolLoad {
@@ -95,7 +95,7 @@ impl PoolLoad {
 
 /// The backends of one color of one service, as of one snapshot.
 pub struct Pool {
-    /// "blue", "green", or [`crate::metrics::NO_COLOR`].
+    /// "blue", "green", or [`crate::runtime::metrics::NO_COLOR`].
     pub color_label: &'static str,
     pub backends: Vec<Arc<Backend>>,
     rr: AtomicUsize,
@@ -147,7 +147,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics;
+    use crate::runtime::metrics;
 
     fn pool(n: u16) -> Pool {
         let m = metrics::global();

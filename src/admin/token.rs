@@ -31,7 +31,7 @@ pub fn load_or_create(path: &Path) -> std::io::Result<String> {
     let bytes: [u8; 32] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     // Atomic, so a crash never leaves an empty token file that blocks the next start.
-    crate::store::write_atomic(path, format!("{token}\n").as_bytes(), 0o600)?;
+    crate::persist::store::write_atomic(path, format!("{token}\n").as_bytes(), 0o600)?;
     tracing::info!(path = %path.display(), "created the admin API token");
     Ok(token)
 }

@@ -10,9 +10,9 @@ use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
-use crate::controller::{ApiError, Controller};
-use crate::metrics;
-use crate::token;
+use crate::control::{ApiError, Controller};
+use crate::runtime::metrics;
+pub mod token;
 
 /// Request bodies above this are refused (the API's bodies are small JSON documents).
 const MAX_BODY: usize = 1 << 20;

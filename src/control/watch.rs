@@ -17,12 +17,12 @@ use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
 use super::{Controller, Inner};
-use crate::color::Color;
-use crate::config::Slo;
-use crate::metrics;
-use crate::release::Command;
-use crate::slo::{now_s, Figures};
-use crate::store::HistoryEvent;
+use crate::api::HistoryEvent;
+use crate::core::color::Color;
+use crate::core::config::Slo;
+use crate::core::release::Command;
+use crate::core::slo::{now_s, Figures};
+use crate::runtime::metrics;
 
 /// How often the watch looks: finer than the SPEC's "every second", so a breach is acted on
 /// within a quarter second of being visible in the window.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::color::Color;
+use crate::core::color::Color;
 
 /// A canary in progress: `weight` percent of new requests go to `color`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

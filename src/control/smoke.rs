@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use futures_util::future::join_all;
 
 use crate::api::SmokeResult;
-use crate::config::SmokeCheck;
+use crate::core::config::SmokeCheck;
 
 /// Body bytes read at most when looking for `body_contains`.
 const MAX_BODY: usize = 1 << 20;

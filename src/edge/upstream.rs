@@ -19,8 +19,8 @@ use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use tokio::io::AsyncReadExt as _;
 
-use crate::metrics::UpstreamErrorKind;
-use crate::proxy::UPSTREAM_IDLE_TIMEOUT;
+use crate::edge::proxy::UPSTREAM_IDLE_TIMEOUT;
+use crate::runtime::metrics::UpstreamErrorKind;
 
 /// Idle connections kept per backend and worker thread; more are closed when released.
 pub const MAX_IDLE_PER_BACKEND: usize = 256;

@@ -7,7 +7,7 @@
 //! upstream pool spawns a watcher task for every connection it takes back. Here a request is
 //! one sequential `async fn`: read the header, route it, send it upstream, stream the body,
 //! read the response, stream it back — and the upstream connection goes back to a
-//! per-thread list (`crate::upstream`). The decisions themselves (routing, colors, headers,
+//! per-thread list (`crate::edge::upstream`). The decisions themselves (routing, colors, headers,
 //! metrics) are `EdgeProxy`'s, shared with the HTTP/2 path; loadtests/README.md has the
 //! figures.
 
@@ -31,12 +31,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::Limits;
-use crate::metrics::{self, UpstreamErrorKind};
-use crate::proxy::{check_drain, error_kind, status_for, EdgeProxy, RequestCtx};
-use crate::replay::Replay;
-use crate::request_head::{self, Refusal, Rejection};
-use crate::upstream;
+use crate::core::config::Limits;
+use crate::core::request_head::{self, Refusal, Rejection};
+use crate::edge::proxy::{check_drain, error_kind, status_for, EdgeProxy, RequestCtx};
+use crate::edge::replay::Replay;
+use crate::edge::upstream;
+use crate::runtime::metrics::{self, UpstreamErrorKind};
+use crate::runtime::seams::ConnectionServer;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -59,7 +60,7 @@ const HEAD_BUFFER: usize = 4096;
 const CLIENT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The client side of both proxy listeners: the connection cap, the request-head deadline and
-/// checks (`crate::request_head`), keep-alive, and the hand-over of HTTP/2 connections to
+/// checks (`crate::core::request_head`), keep-alive, and the hand-over of HTTP/2 connections to
 /// pingora-proxy.
 pub struct EdgeApp {
     edge: EdgeProxy,
@@ -103,21 +104,10 @@ impl EdgeApp {
         }
     }
 
-    /// The limits in force (the config's, as of the last reload).
-    pub fn limits(&self) -> Limits {
-        self.edge.shared.snapshot.load().config.limits
-    }
-
-    /// Waits for a connection slot: beyond `max_connections`, accepted connections wait
-    /// here, unread, until another closes (the permit goes with the connection).
-    pub async fn admit_connection(&self) -> Option<OwnedSemaphorePermit> {
-        self.connections.clone().acquire_owned().await.ok()
-    }
-
     /// Serves one client connection (TLS already terminated) until it closes. `accepted` is
     /// when it was accepted: the first request head must be complete by `header_timeout`
     /// after it.
-    pub async fn serve_connection(
+    async fn serve_client(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
@@ -285,7 +275,7 @@ impl EdgeApp {
             // pingora reads "keep-alive" as "forever"; an idle client gets the idle timeout.
             session.set_keepalive(Some(limits.idle_timeout.as_secs()));
         }
-        if let Err(refusal) = crate::proxy::sanitize_request(session.req_header_mut()) {
+        if let Err(refusal) = crate::edge::proxy::sanitize_request(session.req_header_mut()) {
             metrics::global().rejected(refusal.reason);
             session.set_keepalive(None);
             let _ = session.respond_error(refusal.status).await;
@@ -822,19 +812,46 @@ async fn refuse(mut stream: Stream, refusal: Refusal) {
     let _ = tokio::time::timeout(LINGER, linger).await;
 }
 
+/// The HTTPS listener's TLS front hands its connections here.
+#[async_trait]
+impl ConnectionServer for EdgeApp {
+    fn limits(&self) -> Limits {
+        self.edge.shared.snapshot.load().config.limits
+    }
+
+    /// Beyond `max_connections`, accepted connections wait here, unread, until another
+    /// closes.
+    async fn admit_connection(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().acquire_owned().await.ok()
+    }
+
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+        accepted: Instant,
+    ) {
+        self.serve_client(stream, shutdown, accepted).await
+    }
+
+    async fn stop(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closing_wakeup.notify_waiters();
+        pingora_core::apps::HttpServerApp::http_cleanup(&*self.h2).await;
+    }
+}
+
 /// The plain HTTP listener.
 #[async_trait]
 impl ServerApp for EdgeApp {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let _permit = self.admit_connection().await?;
         let accepted = Instant::now();
-        self.serve_connection(io, shutdown, accepted).await;
+        self.serve_client(io, shutdown, accepted).await;
         None
     }
 
     async fn cleanup(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.closing_wakeup.notify_waiters();
-        pingora_core::apps::HttpServerApp::http_cleanup(&*self.h2).await;
+        self.stop().await;
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::Route;
+use crate::core::config::Route;
 
 /// Longest host name we lower-case on the stack; longer ones (over DNS's 253) never match.
 const MAX_HOST: usize = 256;

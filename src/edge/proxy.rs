@@ -1,7 +1,7 @@
 //! What the proxy decides per request, and pingora's `ProxyHttp` built on it.
 //!
 //! The decisions (route, ACME answer, redirect, color, backend, headers both ways, metrics)
-//! live on `EdgeProxy` as plain functions, shared by the two request paths: `crate::h1`
+//! live on `EdgeProxy` as plain functions, shared by the two request paths: `crate::edge::h1`
 //! proxies HTTP/1 clients itself, and pingora-proxy (the `ProxyHttp` impl below) serves
 //! HTTP/2 clients.
 //!
@@ -23,15 +23,15 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::config::Limits;
-use crate::metrics::{self, UpstreamErrorKind};
-use crate::pool::{Pool, PoolLoad};
-use crate::request_head::{normalize_path, Refusal, Rejection};
-use crate::shared::Shared;
-use crate::snapshot::ServiceRuntime;
-use crate::tls::store::CertStore;
+use crate::core::config::Limits;
+use crate::core::request_head::{normalize_path, Refusal, Rejection};
+use crate::runtime::metrics::{self, UpstreamErrorKind};
+use crate::runtime::pool::{Pool, PoolLoad};
+use crate::runtime::seams::Http01Answers;
+use crate::runtime::shared::Shared;
+use crate::runtime::snapshot::ServiceRuntime;
 
-/// How long an idle upstream connection stays in a pool (pingora's and `crate::upstream`).
+/// How long an idle upstream connection stays in a pool (pingora's and `crate::edge::upstream`).
 pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -58,7 +58,7 @@ pub struct EdgeProxy {
     /// Set on the HTTPS listener's instance.
     pub tls: bool,
     /// Certificates and ACME challenge answers, when TLS is configured.
-    pub certs: Option<Arc<CertStore>>,
+    pub certs: Option<Arc<dyn Http01Answers>>,
     /// The HTTPS port to redirect to (from the HTTP listener), when TLS is configured.
     pub https_port: Option<u16>,
 }
@@ -236,7 +236,7 @@ async fn respond(session: &mut Session, local: LocalResponse) -> Result<()> {
 
 /// `https://host[:port]/path?query` for a redirect from the HTTP listener.
 fn https_location(host: &str, port: u16, req: &RequestHeader) -> String {
-    let host = crate::routing::strip_port(host);
+    let host = crate::core::routing::strip_port(host);
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     if port == 443 {
         format!("https://{host}{path}")
@@ -278,7 +278,7 @@ impl EdgeProxy {
                 req.uri.path().strip_prefix(ACME_CHALLENGE_PREFIX),
             ) {
                 // http-01: answered before routing, for any host, like Caddy.
-                return Some(match certs.http_challenge(token) {
+                return Some(match certs.http01_answer(token) {
                     Some(ka) => LocalResponse {
                         status: 200,
                         content_type: "application/octet-stream",
@@ -290,7 +290,7 @@ impl EdgeProxy {
             }
         }
         let host = request_host(req);
-        if !host.is_empty() && !crate::request_head::valid_host(host) {
+        if !host.is_empty() && !crate::core::request_head::valid_host(host) {
             // Never routed, never echoed into a redirect.
             metrics::global().rejected(Rejection::BadRequest);
             return Some(LocalResponse::text(400, b"bad host\n"));
@@ -446,7 +446,7 @@ impl EdgeProxy {
     }
 }
 
-/// pingora-proxy's request path, used for HTTP/2 clients (HTTP/1 goes through `crate::h1`).
+/// pingora-proxy's request path, used for HTTP/2 clients (HTTP/1 goes through `crate::edge::h1`).
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -614,7 +614,7 @@ impl ProxyHttp for EdgeProxy {
 }
 
 /// The head limits of an HTTP/2 request (HTTP/1 heads are checked as they are read, in
-/// `crate::h1`): the header count, and a content-length beyond `max_body_bytes`. The
+/// `crate::edge::h1`): the header count, and a content-length beyond `max_body_bytes`. The
 /// header list's size is bounded by the h2 settings (`max_header_list_size`).
 fn h2_head_limits(req: &RequestHeader, limits: &Limits) -> std::result::Result<(), Refusal> {
     if req.headers.len() > limits.max_headers {

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::color::Color;
-use crate::config::{Config, Pools, ServiceConfig};
-use crate::metrics::{self, NO_COLOR};
-use crate::pool::{Backend, Pool, PoolLoad};
-use crate::release::{ReleaseState, ServiceRelease};
-use crate::routing::RouteTable;
+use crate::core::color::Color;
+use crate::core::config::{Config, Pools, ServiceConfig};
+use crate::core::release::{ReleaseState, ServiceRelease};
+use crate::core::routing::RouteTable;
+use crate::runtime::metrics::{self, NO_COLOR};
+use crate::runtime::pool::{Backend, Pool, PoolLoad};
 
 pub struct ServiceRuntime {
     pub name: String,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::snapshot::{Retained, Snapshot};
+use crate::runtime::snapshot::{Retained, Snapshot};
 
 pub struct Shared {
     /// The routing snapshot; loaded once per request.

@@ -17,7 +17,7 @@ use file::*;
 use toml::Spanned;
 
 /// The routes file `switchyard demo` runs when given no `--config`.
-pub const DEMO_TOML: &str = include_str!("../../routes/demo.toml");
+pub const DEMO_TOML: &str = include_str!("../../../routes/demo.toml");
 
 /// One mistake in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -889,20 +889,20 @@ impl Validator<'_> {
                 );
             }
             let window_s = r.window_s.as_ref().map_or(30, |v| *v.get_ref());
-            if window_s == 0 || window_s > crate::slo::MAX_WINDOW_S {
+            if window_s == 0 || window_s > crate::core::slo::MAX_WINDOW_S {
                 let at = r.window_s.as_ref().unwrap();
                 self.at(
                     f,
                     at,
                     &format!("{sk}.window_s"),
-                    format!("must be between 1 and {}", crate::slo::MAX_WINDOW_S),
+                    format!("must be between 1 and {}", crate::core::slo::MAX_WINDOW_S),
                 );
             }
             Slo {
                 max_error_rate,
                 max_p95_ms: r.max_p95_ms.as_ref().map(|v| *v.get_ref()),
                 max_p99_ms: r.max_p99_ms.as_ref().map(|v| *v.get_ref()),
-                window_s: window_s.clamp(1, crate::slo::MAX_WINDOW_S),
+                window_s: window_s.clamp(1, crate::core::slo::MAX_WINDOW_S),
                 min_requests: r.min_requests.as_ref().map_or(20, |v| *v.get_ref()),
                 watch_s: r.watch_s.as_ref().map_or(300, |v| *v.get_ref()),
             }

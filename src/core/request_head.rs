@@ -1,6 +1,6 @@
 //! What an edge must refuse in a request head before a byte of it goes upstream, and the
 //! edits that make the rest unambiguous: strict HTTP/1 framing, Host syntax, path
-//! normalisation. Pure functions over bytes, no I/O: `crate::h1` reads the head and calls
+//! normalisation. Pure functions over bytes, no I/O: the edge's HTTP/1 loop reads the head and calls
 //! them, and the HTTP/2 path shares the Host and path rules through `EdgeProxy::admit`.
 //!
 //! The rules follow hyper's `proto/h1/role.rs` and nginx: anything two parsers could read
@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use crate::config::Limits;
+use crate::core::config::Limits;
 
 /// Why a request was refused before it was proxied; the label of
 /// `switchyard_rejected_requests_total{reason}`.
@@ -72,7 +72,7 @@ const BAD_FRAMING: Refusal = Refusal::new(400, Rejection::BadFraming);
 const BAD_REQUEST: Refusal = Refusal::new(400, Rejection::BadRequest);
 
 /// The most headers any `[limits] max_headers` allows (`config::MAX_HEADERS_CAP`).
-const HEADER_SLOTS: usize = crate::config::MAX_HEADERS_CAP;
+const HEADER_SLOTS: usize = crate::core::config::MAX_HEADERS_CAP;
 
 /// How the body of a checked request is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-use crate::config::HealthCheck;
-use crate::pool::Backend;
-use crate::shared::Shared;
+use crate::core::config::HealthCheck;
+use crate::runtime::pool::Backend;
+use crate::runtime::shared::Shared;
 
 const TICK: Duration = Duration::from_millis(25);
 

@@ -17,8 +17,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::color::Color;
-use crate::release::ReleaseState;
+use crate::api::HistoryEvent;
+use crate::core::color::Color;
+use crate::core::release::ReleaseState;
 
 pub const STATE_FILE: &str = "state.json";
 pub const HISTORY_FILE: &str = "history.jsonl";
@@ -39,21 +40,6 @@ pub struct PersistedState {
     /// service → color → backend addresses set with `releasectl backends`.
     #[serde(default)]
     pub overrides: BTreeMap<String, BTreeMap<Color, Vec<String>>>,
-}
-
-/// One line of history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryEvent {
-    /// RFC 3339, UTC.
-    pub time: String,
-    /// switch, rollback, backends, reload, smoke, canary, promote, abort, alarm, start.
-    pub action: String,
-    #[serde(default)]
-    pub services: Vec<String>,
-    /// ok, refused, failed, rolled_back, …
-    pub result: String,
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub detail: serde_json::Value,
 }
 
 impl HistoryEvent {
@@ -345,7 +331,7 @@ pub fn rfc3339(unix: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::ServiceRelease;
+    use crate::core::release::ServiceRelease;
 
     #[test]
     fn rfc3339_dates() {

@@ -1,0 +1,9 @@
+//! What the request path reads at run time: the routing snapshot (swapped whole with
+//! arc-swap), backend pools and their health checks, and the metrics handles.
+
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod seams;
+pub mod shared;
+pub mod snapshot;
