@@ -30,8 +30,8 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use switchyard::config::Route;
-use switchyard::routing::RouteTable;
+use switchyard::core::config::Route;
+use switchyard::core::routing::RouteTable;
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
 /// Distinct queries in the mix (the working set is the same for every table size).
