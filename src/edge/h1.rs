@@ -33,10 +33,12 @@ use tokio::time::Instant;
 
 use crate::core::config::Limits;
 use crate::core::request_head::{self, Refusal, Rejection};
-use crate::edge::proxy::{check_drain, error_kind, status_for, EdgeProxy, RequestCtx};
+use crate::edge::proxy::{
+    check_drain, error_kind, error_status, status_sent, EdgeProxy, ErrorStatus, RequestCtx,
+};
 use crate::edge::replay::Replay;
 use crate::edge::upstream;
-use crate::runtime::metrics::{self, UpstreamErrorKind};
+use crate::runtime::metrics;
 use crate::runtime::seams::ConnectionServer;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -305,7 +307,7 @@ impl EdgeApp {
             timeout: limits.body_timeout,
         };
         let result = self.proxy(&mut session, &mut ctx, &body).await;
-        let status = final_status(&session);
+        let status = status_sent(session.response_written());
         self.edge.record(
             session.req_header(),
             status,
@@ -428,7 +430,8 @@ impl EdgeApp {
                     Err(kind) => {
                         let e =
                             Error::explain(ErrorType::ConnectError, "connecting to the backend");
-                        return Err(self.give_up(session, ctx, kind, e).await);
+                        let verdict = ErrorStatus::Upstream(kind);
+                        return Err(self.give_up(session, ctx, verdict, e.into_up()).await);
                     }
                 },
             };
@@ -470,9 +473,7 @@ impl EdgeApp {
             Some(backend) => Ok(backend),
             None => {
                 let e = Error::explain(ErrorType::ConnectNoRoute, "the pool has no backend");
-                Err(self
-                    .give_up(session, ctx, UpstreamErrorKind::ConnectRefused, e)
-                    .await)
+                Err(self.upstream_error(session, ctx, e).await)
             }
         }
     }
@@ -572,26 +573,33 @@ impl EdgeApp {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        let kind = error_kind(&e);
-        self.give_up(session, ctx, kind, e).await
+        let e = e.into_up();
+        let verdict = error_status(&e);
+        self.give_up(session, ctx, verdict, e).await
     }
 
+    /// Counts an upstream failure and answers it as `verdict` says (`error_status`, shared
+    /// with the HTTP/2 path).
     async fn give_up(
         &self,
         session: &mut ServerSession,
         ctx: &mut RequestCtx,
-        kind: UpstreamErrorKind,
+        verdict: ErrorStatus,
         e: Box<Error>,
     ) -> Box<Error> {
-        ctx.upstream_failed(kind);
-        // Nothing final sent yet (a 100 Continue may have been): the client gets the error.
-        if session
-            .response_written()
-            .is_none_or(|r| r.status.is_informational())
-        {
-            let _ = session.respond_error(status_for(kind)).await;
+        if let ErrorStatus::Upstream(kind) = verdict {
+            ctx.upstream_failed(kind);
         }
-        e.into_up()
+        // Nothing final sent yet (a 100 Continue may have been): the client gets the error.
+        if let Some(status) = verdict.status() {
+            if session
+                .response_written()
+                .is_none_or(|r| r.status.is_informational())
+            {
+                let _ = session.respond_error(status).await;
+            }
+        }
+        e
     }
 }
 
@@ -660,22 +668,18 @@ fn closed_under_us(e: &Error) -> bool {
     )
 }
 
-/// A request body the client broke off or malformed: 408 for a timeout, 400 for bad framing,
-/// nothing when the client is gone.
+/// A request body the client broke off or malformed, answered as `error_status` says: 408
+/// for a timeout, 400 for bad framing, nothing when the client is gone.
 async fn bad_request_body(session: &mut ServerSession, e: Box<Error>) -> Box<Error> {
-    let status = match e.etype() {
-        ErrorType::ReadTimedout => Some((408, Rejection::Timeout)),
-        ErrorType::ConnectionClosed | ErrorType::ReadError => None,
-        _ => Some((400, Rejection::BadFraming)),
-    };
-    if let Some((status, reason)) = status {
-        metrics::global().rejected(reason);
+    let e = e.into_down();
+    if let ErrorStatus::Refused(refusal) = error_status(&e) {
+        metrics::global().rejected(refusal.reason);
         session.set_keepalive(None);
         if session.response_written().is_none() {
-            let _ = session.respond_error(status).await;
+            let _ = session.respond_error(refusal.status).await;
         }
     }
-    e.into_down()
+    e
 }
 
 /// A response whose body the backend ends by closing (no Content-Length, not chunked), to
@@ -703,15 +707,6 @@ fn idempotent(req: &RequestHeader) -> bool {
         req.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// The status the client got, for metrics and the log: 499 when no final response was
-/// written (the client went away first, as nginx logs it).
-fn final_status(session: &ServerSession) -> u16 {
-    match session.response_written() {
-        Some(r) if !r.status.is_informational() || r.status == 101 => r.status.as_u16(),
-        _ => 499,
-    }
 }
 
 fn expects_continue(req: &RequestHeader) -> bool {

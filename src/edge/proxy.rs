@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::prelude::HttpPeer;
 use pingora_core::protocols::l4::socket::SocketAddr as ClientAddr;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -178,12 +178,65 @@ impl LocalResponse {
     }
 }
 
-/// The 502 or 504 an upstream failure of this kind gives the client (504 for timeouts, as
-/// nginx does).
-pub(crate) fn status_for(kind: UpstreamErrorKind) -> u16 {
-    match kind {
-        UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::ReadTimeout => 504,
-        _ => 502,
+/// What an error means for the client's answer, on either request path: one mapping, so an
+/// HTTP/1 and an HTTP/2 client get the same status for the same failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorStatus {
+    /// The backend failed (connect, read, write, timeout): 502, or 504 for a timeout (as
+    /// nginx does). Counted on the request's pool as this kind.
+    Upstream(UpstreamErrorKind),
+    /// The client's request broke off or was malformed: 408 for a timeout, else 400.
+    Refused(Refusal),
+    /// The client went away, or its connection broke: there is no one to answer.
+    ClientGone,
+    /// A status the proxy chose where it raised the error (`ErrorType::HTTPStatus`: a body
+    /// limit on the HTTP/2 path, say).
+    Status(u16),
+    /// Anything else: the proxy's own fault, a 500.
+    Internal,
+}
+
+impl ErrorStatus {
+    /// The status the client gets; `None` when nothing can be sent.
+    pub(crate) fn status(self) -> Option<u16> {
+        match self {
+            ErrorStatus::Upstream(
+                UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::ReadTimeout,
+            ) => Some(504),
+            ErrorStatus::Upstream(_) => Some(502),
+            ErrorStatus::Refused(refusal) => Some(refusal.status),
+            ErrorStatus::ClientGone => None,
+            ErrorStatus::Status(code) => Some(code),
+            ErrorStatus::Internal => Some(500),
+        }
+    }
+}
+
+/// How an error ends a request, by its type and the side it came from (pingora's
+/// `ErrorSource`: the HTTP/1 path marks its errors with `into_up`/`into_down` before asking).
+pub(crate) fn error_status(e: &Error) -> ErrorStatus {
+    if let ErrorType::HTTPStatus(code) = e.etype() {
+        return ErrorStatus::Status(*code);
+    }
+    match e.esource() {
+        ErrorSource::Upstream => ErrorStatus::Upstream(error_kind(e)),
+        ErrorSource::Downstream => match e.etype() {
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
+                ErrorStatus::ClientGone
+            }
+            ErrorType::ReadTimedout => ErrorStatus::Refused(Refusal::new(408, Rejection::Timeout)),
+            _ => ErrorStatus::Refused(Refusal::new(400, Rejection::BadFraming)),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => ErrorStatus::Internal,
+    }
+}
+
+/// The status the client got, for metrics and the access log, from the response written to
+/// it: 499 when no final response was (the client went away first, as nginx logs it).
+pub(crate) fn status_sent(written: Option<&ResponseHeader>) -> u16 {
+    match written {
+        Some(r) if !r.status.is_informational() || r.status == 101 => r.status.as_u16(),
+        _ => 499,
     }
 }
 
@@ -543,37 +596,25 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                pingora_core::ErrorSource::Upstream => {
-                    let kind = error_kind(e);
-                    if ctx.upstream_error.is_none() {
-                        // Connect failures were counted in fail_to_connect.
-                        ctx.upstream_failed(kind);
-                    }
-                    status_for(kind)
-                }
-                pingora_core::ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                _ => 500,
-            },
-        };
-        if code > 0 {
+        let verdict = error_status(e);
+        if let ErrorStatus::Upstream(kind) = verdict {
+            if ctx.upstream_error.is_none() {
+                // Connect failures were counted in fail_to_connect.
+                ctx.upstream_failed(kind);
+            }
+        }
+        let code = verdict.status();
+        if let Some(code) = code {
             let _ = session.respond_error(code).await;
         }
         FailToProxy {
-            error_code: code,
+            error_code: code.unwrap_or(0),
             can_reuse_downstream: false,
         }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or(499, |r| r.status.as_u16());
+        let status = status_sent(session.response_written());
         self.record(session.req_header(), status, e, ctx);
     }
 
@@ -609,7 +650,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
         // Clients going away are routine at an edge; don't log them as errors.
-        matches!(error.esource(), pingora_core::ErrorSource::Downstream)
+        matches!(error.esource(), ErrorSource::Downstream)
     }
 }
 
@@ -845,3 +886,6 @@ fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
