@@ -22,13 +22,6 @@ impl Color {
         }
     }
 
-    pub fn other(self) -> Color {
-        match self {
-            Color::Blue => Color::Green,
-            Color::Green => Color::Blue,
-        }
-    }
-
     /// Index into per-color arrays.
     pub fn index(self) -> usize {
         self as usize

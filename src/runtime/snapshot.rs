@@ -27,15 +27,6 @@ impl ServiceRuntime {
         self.release.is_some()
     }
 
-    /// The pool new requests go to.
-    #[inline]
-    pub fn active_pool(&self) -> &Arc<Pool> {
-        match &self.release {
-            Some(r) => &self.pools[r.active.index()],
-            None => &self.pools[0],
-        }
-    }
-
     /// The index in `pools` of the color this request goes to: the active one, or the canary
     /// for its share of requests (by the client's stable roll when `sticky`, else at random).
     #[inline]

@@ -4,7 +4,6 @@
 //! Call order (instant-acme's `examples/provision.rs`): new_order → authorizations →
 //! challenge set_ready → poll_ready → finalize → poll_certificate.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,9 +228,4 @@ pub async fn renewal_info(account: &Account, cert: &CertificateDer<'_>) -> Optio
         }
         Err(_) => None,
     }
-}
-
-/// True when `dir` holds an account file (used by `certs` output).
-pub fn has_account(dir: &Path) -> bool {
-    dir.join(ACCOUNT_FILE).exists()
 }

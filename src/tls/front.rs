@@ -3,8 +3,9 @@
 //! pingora's `TlsSettings` takes one fixed ALPN list, and rustls refuses a client whose ALPN
 //! offer shares nothing with it. tls-alpn-01 needs `acme-tls/1` next to `h2` and `http/1.1`,
 //! so the handshake happens here (pingora's public `Acceptor::from_server_config`), and the
-//! TLS stream is handed to the proxy as any other pingora stream — the pattern pingora's own
-//! docs show for custom acceptors.
+//! TLS stream is handed, as any other pingora stream, to whatever serves the listener's
+//! connections (a `runtime::seams::ConnectionServer`: `server` gives it the edge) — the
+//! pattern pingora's own docs show for custom acceptors.
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! lock-free store read at every handshake, and renewed in the background.
 //!
 //! - `store`: the certificate map and the rustls SNI resolver.
-//! - `front`: the HTTPS listener (our handshake, then pingora's proxy).
+//! - `front`: the HTTPS listener (our handshake, then the `ConnectionServer` it was given).
 //! - `internal`, `acme`: the issuers.
 //! - this file: [`CertManager`], which decides what to issue and when.
 
@@ -23,11 +23,12 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::Notify;
 
+use crate::api::CertInfo;
 use crate::core::config::{Config, Issuer, TlsConfig};
 use crate::persist::store::{rfc3339, write_atomic};
 use crate::runtime::metrics;
 use crate::runtime::shared::Shared;
-use store::{covers, load_pem, unix_now, CertInfo, CertStore, LoadedCert};
+use store::{covers, load_pem, unix_now, CertStore, LoadedCert};
 
 /// Longest sleep between two looks at the certificates.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);

@@ -27,8 +27,6 @@ impl LoadedCert {
     }
 }
 
-pub use crate::api::CertInfo;
-
 #[derive(Default)]
 pub struct CertStore {
     /// host → certificate; `*.example.com` entries serve one label below example.com.

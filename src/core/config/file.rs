@@ -1,6 +1,6 @@
 //! The raw shape of a config file, exactly as serde reads it.
 //!
-//! Nothing outside `config` sees these types: `validate` turns them into [`super::Config`].
+//! Nothing outside `config` sees these types: its `Validator` turns them into [`super::Config`].
 //! Every table denies unknown keys, and every value a later check may complain about is
 //! `Spanned` so the error can name its line.
 
