@@ -4,6 +4,9 @@
 //! `bare_pingora LISTEN UPSTREAM THREADS` (e.g. `127.0.0.1:8000 127.0.0.1:9000 1`).
 //! Set `BARE_WORK_STEALING=1` to leave pingora's default work stealing on.
 
+// A command-line tool: it exits with its verdict (see .clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
 use async_trait::async_trait;
 use pingora_core::prelude::HttpPeer;
 use pingora_core::server::configuration::ServerConf;

@@ -208,6 +208,8 @@ struct Signals {
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
+    // SIGINT ends the process here, at once (see .clippy.toml on `std::process::exit`).
+    #[allow(clippy::disallowed_methods)]
     async fn recv(&self) -> ShutdownSignal {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
@@ -241,6 +243,9 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+// Runs on a std thread of its own, outside the runtimes being shut down: it may sleep, and it
+// ends the process once the drain is done (see .clippy.toml).
+#[allow(clippy::disallowed_methods)]
 fn exit_when_drained(shared: &Shared, grace: Duration) {
     let deadline = Instant::now() + grace;
     // Let the listeners see the shutdown before counting.
