@@ -14,6 +14,7 @@ mod layers;
 mod lifecycle;
 mod metrics;
 mod release;
+mod releasectl_cli;
 mod routing;
 mod selftest;
 mod tls;
