@@ -1909,6 +1909,11 @@ async fn trickled_body_gets_408_at_body_timeout() {
             "x",
         ),
         ("chunked", upload_head("/trickle-chunked"), "1\r\nx\r\n"),
+        (
+            "stalled (no body byte at all)",
+            format!("POST /stalled HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\n\r\n"),
+            "",
+        ),
     ];
     for (what, head, piece) in &cases {
         let mut c = Conn::open(proxy.http_addr).await;
@@ -1921,7 +1926,9 @@ async fn trickled_body_gets_408_at_body_timeout() {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 // The proxy may already have closed: a failed write is not the test's concern.
-                let _ = c.send(piece.as_bytes()).await;
+                if !piece.is_empty() {
+                    let _ = c.send(piece.as_bytes()).await;
+                }
             }
         })
         .await;
@@ -1948,7 +1955,7 @@ async fn trickled_body_gets_408_at_body_timeout() {
             rec.summaries()
         );
     }
-    assert_rejected(&proxy, "timeout", before + 2.0, "the body 408s").await;
+    assert_rejected(&proxy, "timeout", before + 3.0, "the body 408s").await;
 
     // A complete body and a backend slower than body_timeout_s: served (the body timer
     // ends with the body).
@@ -2334,6 +2341,41 @@ impl H2 {
     /// The next frame (type, flags, stream, payload), answering SETTINGS and PING.
     async fn frame(&mut self) -> anyhow::Result<(u8, u8, u32, Vec<u8>)> {
         loop {
+            let (ty, flags, stream, payload) = self.raw_frame().await?;
+            match ty {
+                0x4 if flags & 0x1 == 0 => self.t.send(&h2_frame(0x4, 0x1, 0, &[])).await?,
+                0x6 if flags & 0x1 == 0 => self.t.send(&h2_frame(0x6, 0x1, 0, &payload)).await?,
+                _ => return Ok((ty, flags, stream, payload)),
+            }
+        }
+    }
+
+    /// Waits for the server's SETTINGS (answered) and its ACK of ours, so that nothing
+    /// needs answering while a test holds a header block open (any frame but CONTINUATION
+    /// would then be a connection error, RFC 9113 §6.10).
+    async fn settle(&mut self) {
+        tokio::time::timeout(IO_TIMEOUT, async {
+            let (mut settings, mut ack) = (false, false);
+            while !(settings && ack) {
+                let (ty, flags, _, _) = self.raw_frame().await.expect("an HTTP/2 frame");
+                if ty == 0x4 && flags & 0x1 == 0 {
+                    self.t
+                        .send(&h2_frame(0x4, 0x1, 0, &[]))
+                        .await
+                        .expect("SETTINGS ACK");
+                    settings = true;
+                } else if ty == 0x4 {
+                    ack = true;
+                }
+            }
+        })
+        .await
+        .expect("no SETTINGS exchange with the server");
+    }
+
+    /// The next frame as it comes.
+    async fn raw_frame(&mut self) -> anyhow::Result<(u8, u8, u32, Vec<u8>)> {
+        {
             while self.buf.len() < 9 {
                 let more = self.t.recv_plain().await?;
                 self.buf.extend_from_slice(&more);
@@ -2344,14 +2386,8 @@ impl H2 {
                 self.buf.extend_from_slice(&more);
             }
             let f: Vec<u8> = self.buf.drain(..9 + len).collect();
-            let (ty, flags) = (f[3], f[4]);
             let stream = u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff;
-            let payload = f[9..].to_vec();
-            match ty {
-                0x4 if flags & 0x1 == 0 => self.t.send(&h2_frame(0x4, 0x1, 0, &[])).await?,
-                0x6 if flags & 0x1 == 0 => self.t.send(&h2_frame(0x6, 0x1, 0, &payload)).await?,
-                _ => return Ok((ty, flags, stream, payload)),
-            }
+            Ok((f[3], f[4], stream, f[9..].to_vec()))
         }
     }
 
@@ -2471,6 +2507,28 @@ async fn h2_requests_get_max_body_bytes_and_body_timeout_too() {
     }
     let _ = h.data(1, b"end", true).await;
 
+    // A body that never comes (headers without END_STREAM, then nothing): 408 or a reset
+    // after ~body_timeout_s, as over HTTP/1.
+    let mut h = H2::open(addr, &ca).await;
+    h.request(
+        1,
+        "POST",
+        "/h2-stalled",
+        &[("content-length", "100")],
+        false,
+    )
+    .await;
+    let started = Instant::now();
+    let end = h.end_of(1, Duration::from_secs(6)).await;
+    let after = started.elapsed();
+    match end {
+        Some(H2End::Status(408)) | Some(H2End::Reset(_)) | Some(H2End::Gone(_))
+            if after >= Duration::from_millis(1500) => {}
+        other => failures.push(format!(
+            "HTTP/2 body that never comes (body_timeout_s = 2): {other:?} after {after:?}, want a 408 or a reset after ~2 s"
+        )),
+    }
+
     // A body trickled a byte a second: 408 or a reset after ~body_timeout_s.
     let mut h = H2::open(addr, &ca).await;
     h.request(
@@ -2515,6 +2573,73 @@ async fn h2_requests_get_max_body_bytes_and_body_timeout_too() {
         ));
     }
     assert_no_failures("HTTP/2 body limits", &failures);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_unfinished_or_endless_header_blocks_are_cut() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) = tls_env(
+        &rec,
+        "[limits]\nheader_timeout_s = 2\nidle_timeout_s = 2\nmax_header_bytes = 4096",
+    )
+    .await;
+    let addr = proxy.ports.https;
+    let mut failures = Vec::new();
+
+    let mut block = Vec::new();
+    hpack_field(&mut block, ":method", "GET");
+    hpack_field(&mut block, ":scheme", "https");
+    hpack_field(&mut block, ":path", "/h2-unfinished");
+    hpack_field(&mut block, ":authority", HOST);
+
+    // HEADERS without END_HEADERS, then silence: the head never completes.
+    let mut h = H2::open(addr, &ca).await;
+    h.settle().await;
+    h.t.send(&h2_frame(0x1, 0x1, 1, &block))
+        .await
+        .expect("send HEADERS");
+    let started = Instant::now();
+    let end = h.end_of(1, Duration::from_secs(6)).await;
+    let after = started.elapsed();
+    match end {
+        Some(H2End::Reset(_)) | Some(H2End::Gone(_)) | Some(H2End::Status(408))
+            if after >= Duration::from_millis(1500) => {}
+        other => failures.push(format!(
+            "an unfinished HTTP/2 header block (header_timeout_s = 2): {other:?} after {after:?}, want the stream or connection cut after ~2 s"
+        )),
+    }
+
+    // CONTINUATION frames without end, far past max_header_bytes: cut promptly.
+    let mut h = H2::open(addr, &ca).await;
+    h.settle().await;
+    h.t.send(&h2_frame(0x1, 0x1, 1, &block))
+        .await
+        .expect("send HEADERS");
+    let mut filler = Vec::new();
+    hpack_field(&mut filler, "x-flood", &"f".repeat(1000));
+    let started = Instant::now();
+    let mut sent = 0;
+    for _ in 0..200 {
+        if h.t.send(&h2_frame(0x9, 0, 1, &filler)).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let end = h.end_of(1, Duration::from_secs(5)).await;
+    match end {
+        Some(H2End::Reset(_)) | Some(H2End::Gone(_)) | Some(H2End::Status(431)) => {}
+        other => failures.push(format!(
+            "{sent} CONTINUATION frames of 1 KB (max_header_bytes = 4096): {other:?} after {:?}, want a 431 or the stream or connection cut",
+            started.elapsed()
+        )),
+    }
+    if rec.raw_bytes() > 0 {
+        failures.push(format!(
+            "unfinished header blocks reached the backend: {:?}",
+            rec.summaries()
+        ));
+    }
+    assert_no_failures("HTTP/2 header blocks", &failures);
 }
 
 /// (what, :authority, :path, other headers, statuses accepted).
