@@ -1,24 +1,76 @@
 //! Smoke checks: each check of a service against each backend of a color, directly (not
-//! through the proxy), with the Host of the service's first route.
+//! through the proxy), with the Host of the service's first route. A switch or canary runs
+//! them under the commit lock; the dry-run `smoke` verb runs them on the published snapshot
+//! without it.
 
 use std::net::SocketAddr;
 
 use futures_util::future::join_all;
 
-use crate::api::SmokeResult;
+use super::{targets, ControlError, Controller};
+use crate::api::{SmokeRequest, SmokeResponse, SmokeResult};
+use crate::core::color::Color;
 use crate::core::config::SmokeCheck;
+
+impl Controller {
+    /// The dry run: the smoke checks of a color, changing nothing.
+    pub async fn smoke(&self, req: SmokeRequest) -> Result<SmokeResponse, ControlError> {
+        let services = targets(&self.shared.snapshot.load().config, &req.services)?;
+        let results = self.run_smoke(&services, req.color).await;
+        Ok(SmokeResponse {
+            passed: results.iter().all(|r| r.ok),
+            results,
+        })
+    }
+
+    /// Smoke checks of `color` for `services` against the published snapshot's backends,
+    /// plus a failure for a pool whose health checks find no healthy backend.
+    pub(super) async fn run_smoke(&self, services: &[String], color: Color) -> Vec<SmokeResult> {
+        let snap = self.shared.snapshot.load_full();
+        let mut targets = Vec::new();
+        let mut results = Vec::new();
+        for name in services {
+            let Some(svc) = snap.service(name) else {
+                continue;
+            };
+            let Some(pool) = svc.pool(color) else {
+                continue;
+            };
+            if let Some(hc) = &svc.config.health_check {
+                if pool.healthy_count() == 0 {
+                    results.push(SmokeResult {
+                        service: name.clone(),
+                        backend: "*".into(),
+                        path: hc.path.clone(),
+                        expected: "at least one backend passing health checks".into(),
+                        got: format!("0 of {} healthy", pool.backends.len()),
+                        ok: false,
+                    });
+                }
+            }
+            targets.push(Target {
+                service: &svc.name,
+                host: &svc.check_host,
+                checks: &svc.config.smoke,
+                backends: pool.backends.iter().map(|b| b.addr).collect(),
+            });
+        }
+        results.extend(run(&self.client, &targets).await);
+        results
+    }
+}
 
 /// Body bytes read at most when looking for `body_contains`.
 const MAX_BODY: usize = 1 << 20;
 
-pub struct Target<'a> {
-    pub service: &'a str,
-    pub host: &'a str,
-    pub checks: &'a [SmokeCheck],
-    pub backends: Vec<SocketAddr>,
+struct Target<'a> {
+    service: &'a str,
+    host: &'a str,
+    checks: &'a [SmokeCheck],
+    backends: Vec<SocketAddr>,
 }
 
-pub async fn run(client: &reqwest::Client, targets: &[Target<'_>]) -> Vec<SmokeResult> {
+async fn run(client: &reqwest::Client, targets: &[Target<'_>]) -> Vec<SmokeResult> {
     let mut jobs = Vec::new();
     for t in targets {
         for check in t.checks {

@@ -3,10 +3,10 @@
 //! A breach rolls the whole release back (or drops the canary to 0); a canary that holds
 //! advances a step per interval and promotes at the end.
 //!
-//! A tick holds the controller's one commit lock (see `controller`), like every other
-//! change: its rollbacks and canary steps never interleave with a switch, a backends change
-//! or a reload. While a switch runs its smoke checks the tick waits for it (at most the
-//! checks' timeouts) and judges right after, on the state the switch left.
+//! A tick holds the controller's one commit lock (see `commit`), like every other change:
+//! its rollbacks and canary steps never interleave with a switch, a backends change or a
+//! reload. While a switch runs its smoke checks the tick waits for it (at most the checks'
+//! timeouts) and judges right after, on the state the switch left.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,8 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 
-use super::{Controller, Inner};
+use super::commit::Inner;
+use super::Controller;
 use crate::api::HistoryEvent;
 use crate::core::color::Color;
 use crate::core::config::Slo;
@@ -98,7 +99,7 @@ pub fn evaluate(f: &Figures, slo: &Slo) -> Option<Breach> {
 
 impl Controller {
     /// The figures of `color` of `service` since `since`, over the service's window.
-    pub fn figures(&self, service: &str, color: Color, since: u64) -> Option<(Figures, Slo)> {
+    fn figures(&self, service: &str, color: Color, since: u64) -> Option<(Figures, Slo)> {
         let snap = self.shared.snapshot.load();
         let svc = snap.service(service)?;
         let slo = svc.config.slo.clone()?;
@@ -125,7 +126,7 @@ impl Controller {
 
     /// One look at every watch, under the commit lock.
     pub async fn tick(&self) {
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.lock().await;
         let now = now_s();
         let watches = inner.watches.clone();
         for w in watches {
@@ -181,7 +182,7 @@ impl Controller {
                     .services
                     .iter()
                     .filter(|s| {
-                        let prev = inner.state.releases.get(s).previous;
+                        let prev = inner.releases().get(s).previous;
                         let svc = snap.service(s);
                         match (svc, prev) {
                             (Some(svc), Some(prev)) => {
@@ -212,7 +213,7 @@ impl Controller {
                     drop(alarms);
                     let mut d = detail;
                     d["dead_pools"] = json!(dead);
-                    self.history_event(HistoryEvent::now("alarm", w.services.clone(), "kept", d));
+                    self.record(HistoryEvent::now("alarm", w.services.clone(), "kept", d));
                     Self::unwatch(inner, &w.services);
                     return;
                 }
@@ -236,7 +237,7 @@ impl Controller {
         detail: serde_json::Value,
         reason: &'static str,
     ) {
-        match self.apply_and_commit(inner, cmd, "rollback", detail) {
+        match self.commit_command(inner, cmd, "rollback", detail) {
             Ok(_) => {
                 for s in &w.services {
                     metrics::global()
@@ -247,7 +248,7 @@ impl Controller {
                 Self::unwatch(inner, &w.services);
             }
             Err(e) => {
-                tracing::error!(services = ?w.services, "SLO breached but the rollback could not be committed: {}; retrying", e.body.error);
+                tracing::error!(services = ?w.services, "SLO breached but the rollback could not be committed: {e}; retrying");
             }
         }
     }
@@ -256,20 +257,13 @@ impl Controller {
         let left = w
             .services
             .iter()
-            .map(|s| {
-                inner
-                    .state
-                    .releases
-                    .get(s)
-                    .canary
-                    .map_or(0, |c| c.steps.len())
-            })
+            .map(|s| inner.releases().get(s).canary.map_or(0, |c| c.steps.len()))
             .min()
             .unwrap_or(0);
         let next_weight = w
             .services
             .first()
-            .and_then(|s| inner.state.releases.get(s).canary)
+            .and_then(|s| inner.releases().get(s).canary)
             .and_then(|c| c.steps.first().copied());
         if left == 0 || next_weight == Some(100) {
             // The last step held (or the next one is all traffic): promote.
@@ -277,7 +271,7 @@ impl Controller {
                 services: w.services.clone(),
             };
             if self
-                .apply_and_commit(
+                .commit_command(
                     inner,
                     &cmd,
                     "promote",
@@ -294,7 +288,7 @@ impl Controller {
         };
         let weight = next_weight.unwrap_or(0);
         if self
-            .apply_and_commit(
+            .commit_command(
                 inner,
                 &cmd,
                 "canary",
@@ -315,7 +309,7 @@ impl Controller {
     /// Starts the post-switch watch of a release. Services with an SLO are judged; a breach
     /// of any of them rolls back every service of the release, SLO or not.
     pub(super) fn watch_after_switch(&self, inner: &mut Inner, services: &[String], color: Color) {
-        let config = inner.config.clone();
+        let config = inner.config().clone();
         let watch_s = services
             .iter()
             .filter_map(|s| config.service(s)?.slo.as_ref().map(|x| x.watch_s))

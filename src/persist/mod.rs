@@ -1,4 +1,5 @@
-//! Where release state, backend overrides and history are kept: written temp + fsync +
-//! rename, so a failed write leaves the old state intact.
+//! Where release state, backend overrides and history are kept: the [`store::StateStore`]
+//! trait and its file store (written temp + fsync + rename, so a failed write leaves the old
+//! state intact).
 
 pub mod store;

@@ -70,6 +70,8 @@ pub enum StoreError {
 }
 
 pub trait StateStore: Send + Sync {
+    /// Where the state lives, for messages (a path).
+    fn location(&self) -> String;
     /// `Ok(None)` when nothing was ever saved.
     fn load(&self) -> Result<Option<PersistedState>, StoreError>;
     fn save(&self, state: &PersistedState) -> Result<(), StoreError>;
@@ -109,11 +111,11 @@ impl FileStore {
         }
     }
 
-    pub fn state_path(&self) -> PathBuf {
+    fn state_path(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
     }
 
-    pub fn history_path(&self) -> PathBuf {
+    fn history_path(&self) -> PathBuf {
         self.dir.join(HISTORY_FILE)
     }
 
@@ -172,6 +174,10 @@ impl FileStore {
 }
 
 impl StateStore for FileStore {
+    fn location(&self) -> String {
+        self.state_path().display().to_string()
+    }
+
     fn load(&self) -> Result<Option<PersistedState>, StoreError> {
         let path = self.state_path();
         let text = match std::fs::read_to_string(&path) {
@@ -300,7 +306,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// The current UTC time as RFC 3339 (seconds precision).
-pub fn rfc3339_now() -> String {
+fn rfc3339_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
