@@ -1,22 +1,36 @@
-//! Wires the pingora `Server`: the proxy listener, the admin listener, health checks and,
-//! for the demo, the built-in backends. The only module that sees all the parts.
+//! Wires the pingora `Server`: the proxy listeners, the admin listener, health checks, the
+//! readiness probe and, for the demo, the built-in backends. The only module that sees all
+//! the parts.
+//!
+//! **Readiness.** `/health` answers 503 until `config`, `state` and every client listener
+//! are up (`admin::readiness`). The config is up once validated, the state once the
+//! controller has loaded it and built the first snapshot. A listener is up once a connection
+//! of ours has gone through it to the app behind it: pingora marks a listening service
+//! ready *before* it binds its sockets, so its own readiness says nothing about them, and a
+//! bare TCP connect would also succeed against another process that took the port. The
+//! `readiness` background service connects to each listener from a local address it notes
+//! first; [`Probed`], in front of the listener's app, recognises that connection by its
+//! source address, closes it, and marks the listener up.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
+use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora_core::services::background::background_service;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::token;
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, Latch, Readiness};
 use crate::control::{Controller, WatchService};
 use crate::core::color::Color;
 use crate::core::config::{Config, Pools};
@@ -65,7 +79,19 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         preflight_bind("listen.https", a)?;
     }
 
+    let mut parts = vec!["config", "state"];
+    if config.listen.http.is_some() {
+        parts.push("listen.http");
+    }
+    if config.tls.is_some() && config.listen.https.is_some() {
+        parts.push("listen.https");
+    }
+    let readiness = Readiness::new(&parts);
+    // `run` is handed a validated config.
+    readiness.latch("config").release();
+
     let controller = Controller::open((*config).clone())?;
+    readiness.latch("state").release();
     let shared = controller.shared().clone();
     let token = token::load_or_create(&config.token_file)
         .with_context(|| format!("admin.token_file {}", config.token_file.display()))?;
@@ -96,6 +122,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let conf = server.configuration.clone();
 
     let mut services: Vec<Box<dyn pingora_core::services::ServiceWithDependents>> = Vec::new();
+    let mut probes = Vec::new();
     // `[limits] max_connections` covers every client listener together.
     let connections = Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections));
     if let Some(http) = config.listen.http {
@@ -108,7 +135,9 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             https_port: config.listen.https.map(|a| a.port()),
         };
         let app = EdgeApp::new(&conf, edge, connections.clone());
-        let mut proxy = Service::new("proxy http".to_string(), app);
+        let probe = ListenerProbe::new("listen.http", http);
+        probes.push((probe.clone(), readiness.latch("listen.http")));
+        let mut proxy = Service::new("proxy http".to_string(), Probed::new(app, probe));
         proxy.add_listener(client_listener(http, PLAIN_CLIENT_READ_BUFFER));
         services.push(Box::new(proxy));
     }
@@ -121,7 +150,9 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         };
         let proxy = Arc::new(EdgeApp::new(&conf, edge, connections.clone()));
         let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
-        let mut svc = Service::new("proxy https".to_string(), front);
+        let probe = ListenerProbe::new("listen.https", https);
+        probes.push((probe.clone(), readiness.latch("listen.https")));
+        let mut svc = Service::new("proxy https".to_string(), Probed::new(front, probe));
         svc.add_listener(client_listener(https, TLS_CLIENT_READ_BUFFER));
         services.push(Box::new(svc));
         services.push(Box::new(background_service(
@@ -135,6 +166,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         AdminApp {
             controller: controller.clone(),
             token,
+            readiness,
         },
     );
     admin.add_tcp(&config.listen.admin.to_string());
@@ -152,6 +184,12 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         },
     );
     services.push(Box::new(health));
+    services.push(Box::new(background_service(
+        "readiness",
+        ListenersUp {
+            pending: Mutex::new(probes),
+        },
+    )));
 
     if let Some(name) = &opts.demo_service {
         let Some(svc) = config.service(name) else {
@@ -268,4 +306,146 @@ fn exit_when_drained(shared: &Shared, grace: Duration) {
         "grace period over: exiting with requests still in flight"
     );
     std::process::exit(0);
+}
+
+/// How long a probe waits for its connection, then for the app to see it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a client listener is ours and accepting (see the module doc).
+struct ListenerProbe {
+    name: &'static str,
+    /// Where the probe connects: the listen address, or loopback for an unspecified one.
+    target: SocketAddr,
+    /// The local port of the probe in flight; 0 when none is.
+    port: AtomicU16,
+    /// The app has seen a probe connection.
+    seen: AtomicBool,
+}
+
+impl ListenerProbe {
+    fn new(name: &'static str, listen: SocketAddr) -> Arc<ListenerProbe> {
+        let mut target = listen;
+        if target.ip().is_unspecified() {
+            target.set_ip(match listen {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Arc::new(ListenerProbe {
+            name,
+            target,
+            port: AtomicU16::new(0),
+            seen: AtomicBool::new(false),
+        })
+    }
+
+    /// Is this accepted connection the probe in flight?
+    fn is_probe(&self, io: &Stream) -> bool {
+        let port = self.port.load(Ordering::Acquire);
+        port != 0
+            && io
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+                .is_some_and(|peer| peer == SocketAddr::new(self.target.ip(), port))
+    }
+
+    /// One probe: connect from a noted local address and wait for the app to see it.
+    async fn probe(&self) -> std::io::Result<bool> {
+        let socket = match self.target {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(self.target.ip(), 0))?;
+        self.port
+            .store(socket.local_addr()?.port(), Ordering::Release);
+        let conn = match tokio::time::timeout(PROBE_TIMEOUT, socket.connect(self.target)).await {
+            Ok(conn) => conn?,
+            Err(_) => return Ok(false),
+        };
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.seen.load(Ordering::Acquire) {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(conn);
+        Ok(false)
+    }
+}
+
+/// A client listener's app behind its readiness probe: the probe's connection is closed
+/// here, every other one goes to the app. Once the probe was seen, this costs one atomic
+/// load per connection.
+struct Probed<A> {
+    app: Arc<A>,
+    probe: Arc<ListenerProbe>,
+}
+
+impl<A> Probed<A> {
+    fn new(app: A, probe: Arc<ListenerProbe>) -> Probed<A> {
+        Probed {
+            app: Arc::new(app),
+            probe,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Probed<A> {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if !self.probe.seen.load(Ordering::Acquire) && self.probe.is_probe(&io) {
+            self.probe.seen.store(true, Ordering::Release);
+            return None;
+        }
+        self.app.process_new(io, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
+
+/// Probes each client listener until a probe gets through, then releases its latch.
+struct ListenersUp {
+    pending: Mutex<Vec<(Arc<ListenerProbe>, Latch)>>,
+}
+
+#[async_trait]
+impl BackgroundService for ListenersUp {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap());
+        let start = Instant::now();
+        for (probe, latch) in pending {
+            let mut warned = false;
+            loop {
+                match probe.probe().await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(listener = probe.name, "readiness probe: {e}"),
+                }
+                if !warned && start.elapsed() > Duration::from_secs(10) {
+                    warned = true;
+                    tracing::warn!(
+                        listener = probe.name,
+                        addr = %probe.target,
+                        "the listener does not accept yet: /health answers 503"
+                    );
+                }
+                tokio::select! {
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            latch.release();
+        }
+        tracing::info!(
+            after_ms = start.elapsed().as_millis() as u64,
+            "ready: the listeners accept, /health answers 200"
+        );
+    }
 }

@@ -1,10 +1,12 @@
 //! The admin listener (`listen.admin`, loopback by default).
 //!
-//! Without a token: `GET /health` (200 while serving) and `GET /metrics` (Prometheus text). Everything under `/v1/` is the release API, behind
+//! Without a token: `GET /health` (a readiness latch: 503 until the proxy is up, then 200)
+//! and `GET /metrics` (Prometheus text). Everything under `/v1/` is the release API, behind
 //! the bearer token.
 //!
 //! - `router` — every route, and the one place where a [`ControlError`] becomes an HTTP
 //!   status; it takes a request head and a body to read, so it is tested without a socket.
+//! - `readiness` — what `/health` waits for.
 //! - `token` — the bearer token.
 //!
 //! [`ControlError`]: crate::control::ControlError
@@ -18,8 +20,11 @@ use pingora_core::protocols::http::ServerSession;
 
 use crate::control::Controller;
 
+pub mod readiness;
 pub mod router;
 pub mod token;
+
+pub use readiness::{Latch, Readiness};
 
 /// Request bodies above this are refused (the API's bodies are small JSON documents).
 const MAX_BODY: usize = 1 << 20;
@@ -27,6 +32,8 @@ const MAX_BODY: usize = 1 << 20;
 pub struct AdminApp {
     pub controller: Arc<Controller>,
     pub token: String,
+    /// `/health` answers 200 once this is ready.
+    pub readiness: Readiness,
 }
 
 /// A response with a body and its length.

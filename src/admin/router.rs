@@ -173,8 +173,20 @@ impl AdminApp {
         }
     }
 
-    /// 200 with a summary while serving.
+    /// 200 with a summary once ready; before, 503 with what is still awaited. Lock-free: an
+    /// atomic load and the snapshot's arc-swap load.
     fn health(&self) -> Response<Vec<u8>> {
+        if !self.readiness.is_ready() {
+            let waiting = self.readiness.waiting_for();
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "status": "starting",
+                    "error": format!("not ready yet: waiting for {}", waiting.join(", ")),
+                    "waiting_for": waiting,
+                }),
+            );
+        }
         let snapshot = self.controller.shared().snapshot.load();
         json(
             StatusCode::OK,
