@@ -273,3 +273,6 @@ impl AdminApp {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -152,3 +152,8 @@ fn targets(config: &Config, requested: &[String]) -> Result<Vec<String>, Control
     }
     Ok(out)
 }
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;

@@ -2,4 +2,6 @@
 //! trait and its file store (written temp + fsync + rename, so a failed write leaves the old
 //! state intact).
 
+#[cfg(test)]
+pub mod memory;
 pub mod store;
