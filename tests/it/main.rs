@@ -3,6 +3,7 @@
 
 mod support;
 
+mod admin;
 mod canary;
 mod config_check;
 mod demo;
