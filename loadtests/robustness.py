@@ -601,7 +601,16 @@ class Backend(asyncio.Protocol):
     def connection_lost(self, exc):
         st = self.p.eof_state()
         if st != "idle" and not self.dead:
-            Backend.camp.note["backend connection closed by the proxy %s (aborted request)" % st] += 1
+            camp = Backend.camp
+            camp.note["backend connection closed by the proxy %s (aborted request)" % st] += 1
+            r = self.p.cur
+            if r is not None:
+                hid = r.header(b"x-fuzz-id")
+                it = camp.items.get(int(hid)) if hid is not None and DIGITS.match(hid) else None
+                if it is not None and it.kind == "valid":
+                    camp.note["a VALID request aborted mid-body by the proxy (client gave up?)"] += 1
+                    camp.vlog.write("NOTE valid request %d (%s %s, body %dB) aborted mid-body: backend got %dB\n"
+                                    % (it.rid, it.method, it.path, it.body_len, len(r.body)))
 
 
 # ------------------------------------------------------------------------------- generators
@@ -954,12 +963,15 @@ class Client:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer
 
-    async def write_pieces(self, writer, pieces, rng, delay=None):
+    async def write_pieces(self, writer, pieces, rng, delay=None, reader=None):
         for k, p in enumerate(pieces):
             writer.write(p)
             await writer.drain()
             if k + 1 < len(pieces):
                 await asyncio.sleep(delay if delay is not None else rng.choice((0, 0, 0.001, 0.003)))
+                # a slow client stops writing once the server has answered or closed
+                if reader is not None and (reader.at_eof() or len(reader._buffer)):
+                    return
 
     def check_valid_response(self, it, st, h):
         cls = status_class(st)
@@ -992,16 +1004,21 @@ class Client:
             return
         done = 0
         try:
-            async with asyncio.timeout(self.camp.a.valid_wait):
+            # VALID_WAIT bounds each request (each response of a pipeline), not the connection
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(None) as cm:
                 if pipelined and valid:
                     raw = b"".join(r for _, r in valid)
+                    cm.reschedule(loop.time() + self.camp.a.valid_wait)
                     await self.write_pieces(writer, split_points(rng, raw), rng)
                     for it, _ in valid:
+                        cm.reschedule(loop.time() + self.camp.a.valid_wait)
                         st, h = await read_response(reader)
                         camp.outcome(it, self.check_valid_response(it, st, h))
                         done += 1
                 else:
                     for it, raw in valid:
+                        cm.reschedule(loop.time() + self.camp.a.valid_wait)
                         await self.write_pieces(writer, split_points(rng, raw), rng)
                         st, h = await read_response(reader)
                         camp.outcome(it, self.check_valid_response(it, st, h))
@@ -1015,16 +1032,20 @@ class Client:
                 camp.outcome(tail[0], "not sent (closed before)")
             writer.close()
             return
-        except (ConnectionError, OSError):
+        except TimeoutError:  # before OSError: TimeoutError is one
+            camp.vlog.write("NOTE no response within %ss after %d of %d valid requests (%s): next id %d %s %s "
+                            "body %dB\n" % (camp.a.valid_wait, done, len(valid),
+                                            "pipelined" if pipelined else "sequential", valid[done][0].rid,
+                                            valid[done][0].method, valid[done][0].path, valid[done][0].body_len))
             for it, _ in valid[done:]:
-                camp.outcome(it, "closed, no response")
+                camp.outcome(it, "no response, held open")
             if tail:
                 camp.outcome(tail[0], "not sent (closed before)")
             writer.close()
             return
-        except TimeoutError:
+        except (ConnectionError, OSError):
             for it, _ in valid[done:]:
-                camp.outcome(it, "no response, held open")
+                camp.outcome(it, "closed, no response")
             if tail:
                 camp.outcome(tail[0], "not sent (closed before)")
             writer.close()
@@ -1035,7 +1056,7 @@ class Client:
             try:
                 async with asyncio.timeout(wait):
                     try:
-                        await self.write_pieces(writer, pieces, rng, delay)
+                        await self.write_pieces(writer, pieces, rng, delay, reader if delay else None)
                         if end == "halfclose":
                             writer.write_eof()
                     except (ConnectionError, OSError):
@@ -1049,10 +1070,10 @@ class Client:
                             what = self.check_valid_response(it, st, h)
             except Closed:
                 what = "closed, no response"
+            except TimeoutError:  # before OSError: TimeoutError is one
+                what = "no response, held open"
             except (ConnectionError, OSError):
                 what = "closed, no response"
-            except TimeoutError:
-                what = "no response, held open"
             camp.outcome(it, what)
         try:
             writer.close()
