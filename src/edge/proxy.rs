@@ -526,13 +526,30 @@ impl ProxyHttp for EdgeProxy {
             return Ok(true);
         }
         ctx.body = Some(BodyProgress::new(&limits));
-        match self.admit(session.req_header(), session.client_addr(), ctx) {
-            Some(local) => {
-                respond(session, local).await?;
-                Ok(true)
-            }
-            None => Ok(false),
+        if let Some(local) = self.admit(session.req_header(), session.client_addr(), ctx) {
+            respond(session, local).await?;
+            return Ok(true);
         }
+        if !session.is_body_empty() {
+            // As on the HTTP/1 path, the first piece of a body is awaited (within
+            // body_timeout_s) before anything goes upstream: pingora-proxy has no read
+            // timeout for HTTP/2 bodies, so a body that never comes would otherwise hold a
+            // backend until its read timeout. The piece is kept in pingora's retry buffer
+            // (64 KiB; an HTTP/2 DATA frame is at most 16 KiB here) and sent on first.
+            session.as_mut().enable_retry_buffering();
+            let first =
+                tokio::time::timeout(limits.body_timeout, session.read_request_body()).await;
+            match first {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    metrics::global().rejected(Rejection::Timeout);
+                    respond(session, LocalResponse::text(408, b"request body timeout\n")).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
