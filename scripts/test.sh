@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One command for every test on a fresh Debian machine with Rust: installs what the tests
-# need when missing (cmake for the build, pebble for the ACME tests), checks formatting and
-# clippy, then runs the unit and integration tests with cargo-nextest (cargo test if absent).
+# need when missing (cmake and protoc for the build, pebble for the ACME tests, etcd for the
+# fleet tests, which start their own members on free loopback ports: an etcd service the
+# package may start on 2379 is neither used nor in the way), checks formatting and clippy,
+# then runs the unit and integration tests with cargo-nextest (cargo test if absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh cmake=cmake pebble=pebble pebble-challtestsrv=pebble curl=curl
+scripts/deps.sh cmake=cmake protoc=protobuf-compiler etcd=etcd-server pebble=pebble pebble-challtestsrv=pebble curl=curl
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

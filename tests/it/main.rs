@@ -8,6 +8,7 @@ mod canary;
 mod config_check;
 mod demo;
 mod errors;
+mod fleet;
 mod h1_path;
 mod health;
 mod hostile;

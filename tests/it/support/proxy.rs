@@ -55,6 +55,16 @@ impl Proxy {
 
     pub async fn spawn(subcommand: &str, config_toml: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_in(subcommand, dir, config_toml).await
+    }
+
+    /// `switchyard run` in an existing directory (e.g. the one [`Proxy::stop`] returned:
+    /// its `state/` kept), on new ports; the logs are appended to.
+    pub async fn start_in(dir: tempfile::TempDir, config_toml: &str) -> Proxy {
+        Self::spawn_in("run", dir, config_toml).await
+    }
+
+    async fn spawn_in(subcommand: &str, dir: tempfile::TempDir, config_toml: &str) -> Proxy {
         let ports = free_ports(2);
         let http_addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
@@ -63,8 +73,15 @@ impl Proxy {
             .replace("{admin}", &admin_addr.to_string());
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, &config).expect("write config");
-        let stdout = File::create(dir.path().join("stdout.log")).unwrap();
-        let stderr = File::create(dir.path().join("stderr.log")).unwrap();
+        let log = |name: &str| {
+            File::options()
+                .create(true)
+                .append(true)
+                .open(dir.path().join(name))
+                .unwrap()
+        };
+        let stdout = log("stdout.log");
+        let stderr = log("stderr.log");
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg(subcommand)
             .arg("--config")
@@ -137,6 +154,20 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// SIGTERM, wait up to 10 s for the exit (then SIGKILL), and hand back the directory
+    /// (config, state, logs) for a later [`Proxy::start_in`].
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if self.exit.is_none() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(10)).await.is_none() {
+                let _ = self.child.kill();
+                self.exit = self.child.wait().ok();
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
     }
 
     pub fn pid(&self) -> i32 {
