@@ -646,8 +646,14 @@ def planted(rid):
 VALID_HOSTS = ["fuzz.test", "fuzz.test", "fuzz.test", "FUZZ.Test", "a1.fuzz.test", "fuzz.test:80"]
 
 
+BIG_SHARE = float(os.environ.get("BIG_SHARE", "0.01"))  # share of bodies of 64-300 KB
+
+
 def gen_body(rng, rid):
     r = rng.random()
+    if r < BIG_SHARE:
+        n = rng.randint(65537, 300000)
+        return rng.randbytes(n)
     if r < 0.05:
         n = 0
     elif r < 0.50:
@@ -1003,6 +1009,7 @@ class Client:
             camp.note["client connect error: %s" % type(e).__name__] += 1
             return
         done = 0
+        stage = ["-"]
         try:
             # VALID_WAIT bounds each request (each response of a pipeline), not the connection
             loop = asyncio.get_running_loop()
@@ -1010,7 +1017,9 @@ class Client:
                 if pipelined and valid:
                     raw = b"".join(r for _, r in valid)
                     cm.reschedule(loop.time() + self.camp.a.valid_wait)
+                    stage = ["writing"]
                     await self.write_pieces(writer, split_points(rng, raw), rng)
+                    stage[0] = "written, reading"
                     for it, _ in valid:
                         cm.reschedule(loop.time() + self.camp.a.valid_wait)
                         st, h = await read_response(reader)
@@ -1019,7 +1028,9 @@ class Client:
                 else:
                     for it, raw in valid:
                         cm.reschedule(loop.time() + self.camp.a.valid_wait)
+                        stage = ["writing"]
                         await self.write_pieces(writer, split_points(rng, raw), rng)
+                        stage[0] = "written, reading"
                         st, h = await read_response(reader)
                         camp.outcome(it, self.check_valid_response(it, st, h))
                         done += 1
@@ -1033,9 +1044,9 @@ class Client:
             writer.close()
             return
         except TimeoutError:  # before OSError: TimeoutError is one
-            camp.vlog.write("NOTE no response within %ss after %d of %d valid requests (%s): next id %d %s %s "
-                            "body %dB\n" % (camp.a.valid_wait, done, len(valid),
-                                            "pipelined" if pipelined else "sequential", valid[done][0].rid,
+            camp.vlog.write("NOTE no response within %ss after %d of %d valid requests (%s, client %s): next id %d "
+                            "%s %s body %dB\n" % (camp.a.valid_wait, done, len(valid),
+                                                  "pipelined" if pipelined else "sequential", stage[0], valid[done][0].rid,
                                             valid[done][0].method, valid[done][0].path, valid[done][0].body_len))
             for it, _ in valid[done:]:
                 camp.outcome(it, "no response, held open")
