@@ -255,7 +255,7 @@ impl AdminApp {
             ["history"] => {
                 only("GET")?;
                 let limit = crate::api::history_limit(query).map_err(Failure::BadRequest)?;
-                ok(&c.history(limit)?)
+                ok(&c.history(limit).await?)
             }
             ["reload"] => {
                 only("POST")?;

@@ -51,7 +51,7 @@ impl Controller {
             services: vec![service.to_string()],
             detail: json!({ "color": color, "backends": addrs, "force": req.force }),
         };
-        self.commit(&mut inner, next, record)?;
+        self.commit(&mut inner, next, record).await?;
         drop(inner);
         Ok(self.status())
     }

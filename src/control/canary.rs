@@ -30,13 +30,14 @@ impl Controller {
         } else {
             self.run_smoke(&services, req.color).await
         };
-        self.refuse_failed_smoke("canary", &services, req.color, &smoke, "no canary started")?;
+        self.refuse_failed_smoke("canary", &services, req.color, &smoke, "no canary started")
+            .await?;
         self.commit_command(
             &mut inner,
             &cmd,
             "canary",
             json!({ "color": req.color, "weight": req.steps.first(), "steps": req.steps, "interval_s": req.interval_s }),
-        )?;
+        ).await?;
         let now = crate::core::slo::now_s();
         Self::watch(
             &mut inner,
@@ -64,14 +65,16 @@ impl Controller {
     pub async fn promote(&self, req: ServicesRequest) -> Result<ReleaseResponse, ControlError> {
         let mut inner = self.lock().await;
         let services = canary_targets(&inner, &req.services)?;
-        let changes = self.commit_command(
-            &mut inner,
-            &Command::Promote {
-                services: services.clone(),
-            },
-            "promote",
-            json!({ "by": "operator" }),
-        )?;
+        let changes = self
+            .commit_command(
+                &mut inner,
+                &Command::Promote {
+                    services: services.clone(),
+                },
+                "promote",
+                json!({ "by": "operator" }),
+            )
+            .await?;
         // Canaries of different colors are different releases: one watch per color.
         for color in Color::ALL {
             let group: Vec<String> = changes
@@ -104,7 +107,8 @@ impl Controller {
             },
             "abort",
             json!({ "by": "operator" }),
-        )?;
+        )
+        .await?;
         Self::unwatch(&mut inner, &services);
         drop(inner);
         Ok(ReleaseResponse {

@@ -93,7 +93,7 @@ impl Controller {
 
     /// Build aside → persist → swap → record. A failure at the first two steps changes
     /// nothing, on disk or in traffic.
-    pub(super) fn commit(
+    pub(super) async fn commit(
         &self,
         inner: &mut Inner,
         next: Proposal,
@@ -101,7 +101,7 @@ impl Controller {
     ) -> Result<(), ControlError> {
         let snap = self.build(next.config.clone(), &next.state)?;
         if next.state != inner.state {
-            if let Err(e) = self.store.save(&next.state) {
+            if let Err(e) = self.store.save(&next.state).await {
                 tracing::error!("{e}");
                 for c in &next.changes {
                     metrics::global()
@@ -128,13 +128,14 @@ impl Controller {
             record.services,
             "ok",
             record.detail,
-        ));
+        ))
+        .await;
         Ok(())
     }
 
     /// Commits a new release state (with the `changes` that lead to it); nothing happens — no
     /// write, no event — when it is the current one. The changes are added to the event.
-    pub(super) fn commit_releases(
+    pub(super) async fn commit_releases(
         &self,
         inner: &mut Inner,
         next: ReleaseState,
@@ -150,12 +151,12 @@ impl Controller {
         let mut proposal = inner.propose();
         proposal.state.releases = next;
         proposal.changes = changes.to_vec();
-        self.commit(inner, proposal, record)
+        self.commit(inner, proposal, record).await
     }
 
     /// Applies a command to the release state and commits the result; the event lists the
     /// command's services (also in its detail).
-    pub(super) fn commit_command(
+    pub(super) async fn commit_command(
         &self,
         inner: &mut Inner,
         cmd: &Command,
@@ -177,7 +178,7 @@ impl Controller {
             services,
             detail,
         };
-        self.commit_releases(inner, next, &changes, record)?;
+        self.commit_releases(inner, next, &changes, record).await?;
         Ok(changes)
     }
 
@@ -224,8 +225,8 @@ impl Controller {
     }
 
     /// Appends an event to the history; a failure is logged, never fatal.
-    pub(super) fn record(&self, event: HistoryEvent) {
-        if let Err(e) = self.store.append_history(&event) {
+    pub(super) async fn record(&self, event: HistoryEvent) {
+        if let Err(e) = self.store.append_history(&event).await {
             tracing::error!("history: {e}");
         }
     }

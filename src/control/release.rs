@@ -33,13 +33,15 @@ impl Controller {
         } else {
             self.run_smoke(&moving, req.color).await
         };
-        self.refuse_failed_smoke("switch", &moving, req.color, &smoke, "nothing changed")?;
+        self.refuse_failed_smoke("switch", &moving, req.color, &smoke, "nothing changed")
+            .await?;
         let record = Record {
             action: "switch",
             services: moving.clone(),
             detail: json!({ "to": req.color, "skip_smoke": req.skip_smoke }),
         };
-        self.commit_releases(&mut inner, next, &changes, record)?;
+        self.commit_releases(&mut inner, next, &changes, record)
+            .await?;
         if !moving.is_empty() {
             self.watch_after_switch(&mut inner, &moving, req.color);
             let mut alarms = self.alarms.lock().unwrap();
@@ -81,7 +83,8 @@ impl Controller {
             services: moved.clone(),
             detail: json!({ "reason": "manual" }),
         };
-        self.commit_releases(&mut inner, next, &changes, record)?;
+        self.commit_releases(&mut inner, next, &changes, record)
+            .await?;
         Self::unwatch(&mut inner, &moved);
         drop(inner);
         let drain = if req.wait_drain {
@@ -100,7 +103,7 @@ impl Controller {
 
     /// Refuses a release whose smoke checks failed: counts and records it, and answers with
     /// every failure (service, backend, path, expected, got).
-    pub(super) fn refuse_failed_smoke(
+    pub(super) async fn refuse_failed_smoke(
         &self,
         action: &str,
         services: &[String],
@@ -125,7 +128,8 @@ impl Controller {
             services.to_vec(),
             "refused",
             json!({ "color": color, "failures": failures }),
-        ));
+        ))
+        .await;
         Err(ControlError::Refused {
             color,
             outcome,

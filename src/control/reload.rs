@@ -35,7 +35,8 @@ impl Controller {
                     vec![],
                     "refused",
                     json!({ "errors": errors }),
-                ));
+                ))
+                .await;
                 return Err(ControlError::InvalidConfig { file, errors });
             }
         };
@@ -61,7 +62,7 @@ impl Controller {
             services: vec![],
             detail: json!({ "routes": resp.routes, "services": resp.services }),
         };
-        self.commit(&mut inner, next, record)?;
+        self.commit(&mut inner, next, record).await?;
         if let Some(m) = self.cert_manager() {
             // Like `nginx -s reload`: certificate files (issuer "files") are read again, and
             // hosts new to the config get theirs (internal) or are ordered (acme).

@@ -20,9 +20,9 @@ impl Controller {
     }
 
     /// The newest `limit` events, oldest first.
-    pub fn history(&self, limit: usize) -> Result<HistoryResponse, ControlError> {
+    pub async fn history(&self, limit: usize) -> Result<HistoryResponse, ControlError> {
         Ok(HistoryResponse {
-            events: self.store.history(limit)?,
+            events: self.store.history(limit).await?,
         })
     }
 }

@@ -137,7 +137,8 @@ impl Controller {
             });
             match (&w.kind, breach) {
                 (_, Some((service, breach, figures))) => {
-                    self.on_breach(&mut inner, &w, &service, &breach, &figures);
+                    self.on_breach(&mut inner, &w, &service, &breach, &figures)
+                        .await;
                 }
                 (WatchKind::Switch { until }, None) => {
                     if now >= *until {
@@ -152,14 +153,21 @@ impl Controller {
                     None,
                 ) => {
                     if now >= *next_step_at {
-                        self.advance_canary(&mut inner, &w, *interval_s);
+                        self.advance_canary(&mut inner, &w, *interval_s).await;
                     }
                 }
             }
         }
     }
 
-    fn on_breach(&self, inner: &mut Inner, w: &Watch, service: &str, breach: &Breach, f: &Figures) {
+    async fn on_breach(
+        &self,
+        inner: &mut Inner,
+        w: &Watch,
+        service: &str,
+        breach: &Breach,
+        f: &Figures,
+    ) {
         let detail = json!({
             "breached": service,
             "color": w.color,
@@ -173,7 +181,8 @@ impl Controller {
                 let cmd = Command::Abort {
                     services: w.services.clone(),
                 };
-                self.act_on_breach(inner, w, &cmd, detail, breach.reason);
+                self.act_on_breach(inner, w, &cmd, detail, breach.reason)
+                    .await;
             }
             WatchKind::Switch { .. } => {
                 // Never roll back into a pool that has no healthy backend.
@@ -202,18 +211,20 @@ impl Controller {
                         w.color
                     );
                     tracing::error!("{msg}");
-                    let mut alarms = self.alarms.lock().unwrap();
-                    for s in &w.services {
-                        alarms.insert(s.clone(), msg.clone());
-                        metrics::global()
-                            .rollbacks
-                            .with_label_values(&[s, "refused_no_healthy_backend"])
-                            .inc();
-                    }
-                    drop(alarms);
+                    {
+                        let mut alarms = self.alarms.lock().unwrap();
+                        for s in &w.services {
+                            alarms.insert(s.clone(), msg.clone());
+                            metrics::global()
+                                .rollbacks
+                                .with_label_values(&[s, "refused_no_healthy_backend"])
+                                .inc();
+                        }
+                    } // (a std lock: never held across the await below)
                     let mut d = detail;
                     d["dead_pools"] = json!(dead);
-                    self.record(HistoryEvent::now("alarm", w.services.clone(), "kept", d));
+                    self.record(HistoryEvent::now("alarm", w.services.clone(), "kept", d))
+                        .await;
                     Self::unwatch(inner, &w.services);
                     return;
                 }
@@ -221,7 +232,8 @@ impl Controller {
                 let cmd = Command::Rollback {
                     services: w.services.clone(),
                 };
-                self.act_on_breach(inner, w, &cmd, detail, breach.reason);
+                self.act_on_breach(inner, w, &cmd, detail, breach.reason)
+                    .await;
             }
         }
     }
@@ -229,7 +241,7 @@ impl Controller {
     /// Commits the rollback (or canary drop) of a breached release. If the state cannot be
     /// written, the watch stays so the next tick tries again, and the failure is logged
     /// loudly: traffic and disk must not disagree.
-    fn act_on_breach(
+    async fn act_on_breach(
         &self,
         inner: &mut Inner,
         w: &Watch,
@@ -237,7 +249,7 @@ impl Controller {
         detail: serde_json::Value,
         reason: &'static str,
     ) {
-        match self.commit_command(inner, cmd, "rollback", detail) {
+        match self.commit_command(inner, cmd, "rollback", detail).await {
             Ok(_) => {
                 for s in &w.services {
                     metrics::global()
@@ -253,7 +265,7 @@ impl Controller {
         }
     }
 
-    fn advance_canary(&self, inner: &mut Inner, w: &Watch, interval_s: u64) {
+    async fn advance_canary(&self, inner: &mut Inner, w: &Watch, interval_s: u64) {
         let left = w
             .services
             .iter()
@@ -277,6 +289,7 @@ impl Controller {
                     "promote",
                     json!({ "color": w.color, "by": "canary" }),
                 )
+                .await
                 .is_ok()
             {
                 self.watch_after_switch(inner, &w.services, w.color);
@@ -294,6 +307,7 @@ impl Controller {
                 "canary",
                 json!({ "color": w.color, "weight": weight }),
             )
+            .await
             .is_ok()
         {
             tracing::info!(services = ?w.services, color = %w.color, weight, "canary step");

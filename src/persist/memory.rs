@@ -59,6 +59,7 @@ impl MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl StateStore for MemoryStore {
     fn location(&self) -> String {
         "memory".to_string()
@@ -68,20 +69,20 @@ impl StateStore for MemoryStore {
         Ok(self.state())
     }
 
-    fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
+    async fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
         self.check_write()?;
         *self.0.state.lock().unwrap() = Some(state.clone());
         *self.0.saves.lock().unwrap() += 1;
         Ok(())
     }
 
-    fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
+    async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
         self.check_write()?;
         self.0.history.lock().unwrap().push(event.clone());
         Ok(())
     }
 
-    fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
         let h = self.0.history.lock().unwrap();
         Ok(h[h.len().saturating_sub(limit)..].to_vec())
     }

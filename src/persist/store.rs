@@ -67,17 +67,28 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    /// A shared store's state moved since this instance applied it: another instance
+    /// committed first.
+    #[error("the release state changed meanwhile (another instance committed revision {current}); nothing changed — check `releasectl status` and try again")]
+    Conflict { current: i64 },
+    /// A shared store cannot be reached.
+    #[error("etcd is unreachable ({endpoints}): {message}; releases are refused while it is, and this instance keeps serving its last applied state")]
+    Unavailable { endpoints: String, message: String },
 }
 
+#[async_trait::async_trait]
 pub trait StateStore: Send + Sync {
     /// Where the state lives, for messages (a path).
     fn location(&self) -> String;
-    /// `Ok(None)` when nothing was ever saved.
+    /// `Ok(None)` when nothing was ever saved. At start, before any I/O runtime: a shared
+    /// store answers from its local cache here.
     fn load(&self) -> Result<Option<PersistedState>, StoreError>;
-    fn save(&self, state: &PersistedState) -> Result<(), StoreError>;
-    fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError>;
+    /// Commits the next state. A shared store commits it only if nobody else did since the
+    /// state it last applied (`StoreError::Conflict` otherwise).
+    async fn save(&self, state: &PersistedState) -> Result<(), StoreError>;
+    async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, oldest first.
-    fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError>;
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError>;
 }
 
 pub struct FileStore {
@@ -173,6 +184,7 @@ impl FileStore {
     }
 }
 
+#[async_trait::async_trait]
 impl StateStore for FileStore {
     fn location(&self) -> String {
         self.state_path().display().to_string()
@@ -202,14 +214,14 @@ impl StateStore for FileStore {
         Ok(Some(state))
     }
 
-    fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
+    async fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
         let path = self.state_path();
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serialises");
         bytes.push(b'\n');
         write_atomic(&path, &bytes, 0o600).map_err(|source| StoreError::Write { path, source })
     }
 
-    fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
+    async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
         let path = self.history_path();
         let mut size = self.history.lock().unwrap();
         let event_line = serde_json::to_vec(event).expect("event serialises");
@@ -255,7 +267,7 @@ impl StateStore for FileStore {
         write(&mut size).map_err(|source| StoreError::Write { path, source })
     }
 
-    fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
+    async fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
         let path = self.history_path();
         let f = match File::open(&path) {
             Ok(f) => f,
@@ -339,8 +351,8 @@ mod tests {
     use super::*;
     use crate::core::release::ServiceRelease;
 
-    #[test]
-    fn rfc3339_dates() {
+    #[tokio::test]
+    async fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
@@ -348,8 +360,8 @@ mod tests {
 
     /// Pins the on-disk format: a state file written by this version must keep loading, and
     /// what we write must keep this shape.
-    #[test]
-    fn state_file_format_is_pinned() {
+    #[tokio::test]
+    async fn state_file_format_is_pinned() {
         let pinned = r#"{
   "version": 1,
   "services": {
@@ -390,15 +402,15 @@ mod tests {
             .or_default()
             .insert(Color::Green, vec!["10.0.0.5:3000".into()]);
         assert_eq!(loaded, expected);
-        store.save(&expected).unwrap();
+        store.save(&expected).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(),
             pinned
         );
     }
 
-    #[test]
-    fn corrupt_or_unknown_state_is_an_error_naming_the_file() {
+    #[tokio::test]
+    async fn corrupt_or_unknown_state_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
         let err = FileStore::new(dir.path()).load().unwrap_err().to_string();
@@ -411,8 +423,8 @@ mod tests {
         assert!(FileStore::new(dir.path()).load().is_err());
     }
 
-    #[test]
-    fn missing_state_is_none_and_history_appends() {
+    #[tokio::test]
+    async fn missing_state_is_none_and_history_appends() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path());
         assert_eq!(store.load().unwrap(), None);
@@ -423,9 +435,9 @@ mod tests {
                 "ok",
                 serde_json::Value::Null,
             );
-            store.append_history(&e).unwrap();
+            store.append_history(&e).await.unwrap();
         }
-        let h = store.history(2).unwrap();
+        let h = store.history(2).await.unwrap();
         assert_eq!(h.len(), 2);
         assert_eq!(h[1].services, vec!["s4".to_string()]);
     }
@@ -450,13 +462,14 @@ mod tests {
         (from..=to).map(|i| format!("s{i}")).collect()
     }
 
-    #[test]
-    fn history_rotates_past_max_events_keeping_the_newest() {
+    #[tokio::test]
+    async fn history_rotates_past_max_events_keeping_the_newest() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::with_history_limits(dir.path(), 10, 1 << 20);
         for i in 0..10 {
             store
                 .append_history(&event(i, serde_json::Value::Null))
+                .await
                 .unwrap();
         }
         assert_eq!(
@@ -467,17 +480,19 @@ mod tests {
         // The 11th: rotated down to the newest 5, then appended.
         store
             .append_history(&event(10, serde_json::Value::Null))
+            .await
             .unwrap();
         assert_eq!(file_events(dir.path()), names(5, 10));
         for i in 11..=24 {
             store
                 .append_history(&event(i, serde_json::Value::Null))
+                .await
                 .unwrap();
             let kept = file_events(dir.path());
             assert!(kept.len() <= 10, "{} events after {i}", kept.len());
             assert_eq!(kept, names(i + 1 - kept.len(), i), "newest must be kept");
         }
-        let h = store.history(3).unwrap();
+        let h = store.history(3).await.unwrap();
         let got: Vec<&str> = h.iter().map(|e| e.services[0].as_str()).collect();
         assert_eq!(got, ["s22", "s23", "s24"], "newest 3, oldest first");
         // No temp file is left behind.
@@ -488,13 +503,13 @@ mod tests {
         assert_eq!(names, [HISTORY_FILE]);
     }
 
-    #[test]
-    fn history_rotates_past_max_bytes() {
+    #[tokio::test]
+    async fn history_rotates_past_max_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::with_history_limits(dir.path(), 1000, 4000);
         let big = serde_json::json!({ "pad": "x".repeat(300) });
         for i in 0..100 {
-            store.append_history(&event(i, big.clone())).unwrap();
+            store.append_history(&event(i, big.clone())).await.unwrap();
             let len = std::fs::metadata(dir.path().join(HISTORY_FILE))
                 .unwrap()
                 .len();
@@ -505,30 +520,33 @@ mod tests {
         assert_eq!(kept, names(100 - kept.len(), 99));
     }
 
-    #[test]
-    fn history_of_an_existing_file_is_measured_then_rotated() {
+    #[tokio::test]
+    async fn history_of_an_existing_file_is_measured_then_rotated() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::with_history_limits(dir.path(), 1000, 1 << 20);
         for i in 0..30 {
             store
                 .append_history(&event(i, serde_json::Value::Null))
+                .await
                 .unwrap();
         }
         // A restart with a lower limit: the first append finds the file too long.
         let store = FileStore::with_history_limits(dir.path(), 20, 1 << 20);
         store
             .append_history(&event(30, serde_json::Value::Null))
+            .await
             .unwrap();
         assert_eq!(file_events(dir.path()), names(20, 30));
     }
 
-    #[test]
-    fn failed_rotation_leaves_the_file_and_loses_no_event() {
+    #[tokio::test]
+    async fn failed_rotation_leaves_the_file_and_loses_no_event() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::with_history_limits(dir.path(), 4, 1 << 20);
         for i in 0..4 {
             store
                 .append_history(&event(i, serde_json::Value::Null))
+                .await
                 .unwrap();
         }
         // A directory where the rotation's temp file would go makes its write fail.
@@ -538,6 +556,7 @@ mod tests {
         std::fs::create_dir(&blocked).unwrap();
         store
             .append_history(&event(4, serde_json::Value::Null))
+            .await
             .unwrap();
         assert_eq!(
             file_events(dir.path()),
@@ -547,17 +566,19 @@ mod tests {
         std::fs::remove_dir(&blocked).unwrap();
         store
             .append_history(&event(5, serde_json::Value::Null))
+            .await
             .unwrap();
         assert_eq!(file_events(dir.path()), names(3, 5));
     }
 
-    #[test]
-    fn history_skips_a_torn_line_and_appends_after_it() {
+    #[tokio::test]
+    async fn history_skips_a_torn_line_and_appends_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::with_history_limits(dir.path(), 6, 1 << 20);
         for i in 0..3 {
             store
                 .append_history(&event(i, serde_json::Value::Null))
+                .await
                 .unwrap();
         }
         let path = dir.path().join(HISTORY_FILE);
@@ -565,16 +586,18 @@ mod tests {
         f.write_all(b"{\"time\":\"torn").unwrap();
         drop(f);
         let store = FileStore::with_history_limits(dir.path(), 6, 1 << 20);
-        let h = store.history(10).unwrap();
+        let h = store.history(10).await.unwrap();
         assert_eq!(h.len(), 3);
-        assert_eq!(store.history(2).unwrap()[1].services, ["s2"]);
+        assert_eq!(store.history(2).await.unwrap()[1].services, ["s2"]);
         for i in 3..6 {
             store
                 .append_history(&event(i, serde_json::Value::Null))
+                .await
                 .unwrap();
         }
         let h: Vec<String> = store
             .history(100)
+            .await
             .unwrap()
             .into_iter()
             .map(|e| e.services[0].clone())
@@ -584,8 +607,8 @@ mod tests {
         assert_eq!(h, names(3, 5));
     }
 
-    #[test]
-    fn failed_write_leaves_the_old_file() {
+    #[tokio::test]
+    async fn failed_write_leaves_the_old_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.json");
         write_atomic(&path, b"old", 0o600).unwrap();

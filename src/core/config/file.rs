@@ -65,6 +65,15 @@ pub struct FileAdmin {
 #[serde(deny_unknown_fields)]
 pub struct FileState {
     pub dir: Option<Spanned<String>>,
+    pub store: Option<Spanned<String>>,
+    pub etcd_endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    pub etcd_prefix: Option<Spanned<String>>,
+    pub etcd_lease_s: Option<Spanned<u64>>,
+    pub etcd_ca: Option<Spanned<String>>,
+    pub etcd_cert: Option<Spanned<String>>,
+    pub etcd_key: Option<Spanned<String>>,
+    pub etcd_user: Option<Spanned<String>>,
+    pub etcd_password_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -145,6 +145,29 @@ impl Default for Limits {
 /// many (its `MAX_HEADERS`).
 pub const MAX_HEADERS_CAP: usize = 256;
 
+/// Where release state, history and (later) certificates of a site are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `state.dir` only: one instance.
+    File,
+    /// Shared by every instance with the same `etcd_prefix`; `state.dir` caches the last
+    /// applied state.
+    Etcd(EtcdConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Ends with `/`.
+    pub prefix: String,
+    pub lease: Duration,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Lower-case; `*.example.com` for a wildcard.
@@ -222,6 +245,7 @@ pub struct Config {
     pub grace: Duration,
     pub token_file: PathBuf,
     pub state_dir: PathBuf,
+    pub store: StoreConfig,
     pub log_format: LogFormat,
     pub log_level: String,
     pub access_log: bool,
@@ -536,6 +560,7 @@ impl Validator<'_> {
             .and_then(|(_, s)| s.get_ref().dir.as_ref())
             .map(|d| base_dir.join(d.get_ref()))
             .unwrap_or_else(|| base_dir.join("state"));
+        let store = self.store(state.as_ref(), base_dir);
         let token_file = admin
             .as_ref()
             .and_then(|(_, a)| a.get_ref().token_file.as_ref())
@@ -693,6 +718,7 @@ impl Validator<'_> {
             grace,
             token_file,
             state_dir,
+            store,
             log_format,
             log_level,
             access_log,
@@ -701,6 +727,126 @@ impl Validator<'_> {
             routes: out_routes,
             services: out_services,
         })
+    }
+
+    fn store(&mut self, section: Option<&(usize, Spanned<FileState>)>, base: &Path) -> StoreConfig {
+        let Some((f, st)) = section else {
+            return StoreConfig::File;
+        };
+        let (f, st) = (*f, st.get_ref());
+        let kind = st.store.as_ref().map_or("file", |s| s.get_ref().as_str());
+        let etcd_keys = st.etcd_endpoints.is_some() || st.etcd_prefix.is_some();
+        match kind {
+            "file" => {
+                if etcd_keys {
+                    let at = st
+                        .etcd_endpoints
+                        .as_ref()
+                        .map(|e| e.span())
+                        .or(st.etcd_prefix.as_ref().map(|p| p.span()));
+                    self.push(
+                        f,
+                        at.unwrap_or(0..0),
+                        "state.store",
+                        "etcd_* keys need `store = \"etcd\"`",
+                    );
+                }
+                StoreConfig::File
+            }
+            "etcd" => {
+                let endpoints: Vec<String> = st
+                    .etcd_endpoints
+                    .as_ref()
+                    .map(|e| e.get_ref().iter().map(|s| s.get_ref().clone()).collect())
+                    .unwrap_or_default();
+                if endpoints.is_empty() {
+                    let span = st.store.as_ref().map_or(0..0, |s| s.span());
+                    self.push(f, span, "state.etcd_endpoints", "store = \"etcd\" needs at least one endpoint, e.g. [\"http://10.0.0.10:2379\"]");
+                }
+                if let Some(list) = &st.etcd_endpoints {
+                    for e in list.get_ref() {
+                        let v = e.get_ref();
+                        if !(v.starts_with("http://") || v.starts_with("https://")) {
+                            self.at(
+                                f,
+                                e,
+                                "state.etcd_endpoints",
+                                format!("`{v}`: an endpoint is a URL, e.g. http://10.0.0.10:2379"),
+                            );
+                        }
+                    }
+                }
+                let mut prefix = st
+                    .etcd_prefix
+                    .as_ref()
+                    .map_or("/switchyard/".to_string(), |p| p.get_ref().clone());
+                if !prefix.starts_with('/') {
+                    let span = st.etcd_prefix.as_ref().map_or(0..0, |p| p.span());
+                    self.push(
+                        f,
+                        span,
+                        "state.etcd_prefix",
+                        "must start with `/`, e.g. \"/switchyard/prod/\"",
+                    );
+                }
+                if !prefix.ends_with('/') {
+                    prefix.push('/');
+                }
+                let lease_s = st.etcd_lease_s.as_ref().map_or(5, |l| *l.get_ref());
+                if !(1..=60).contains(&lease_s) {
+                    if let Some(l) = &st.etcd_lease_s {
+                        self.at(f, l, "state.etcd_lease_s", "must be between 1 and 60");
+                    }
+                }
+                let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| base.join(p.get_ref()));
+                if st.etcd_cert.is_some() != st.etcd_key.is_some() {
+                    let span = st
+                        .etcd_cert
+                        .as_ref()
+                        .or(st.etcd_key.as_ref())
+                        .map_or(0..0, |s| s.span());
+                    self.push(
+                        f,
+                        span,
+                        "state.etcd_cert",
+                        "etcd_cert and etcd_key go together",
+                    );
+                }
+                if st.etcd_user.is_some() != st.etcd_password_file.is_some() {
+                    let span = st
+                        .etcd_user
+                        .as_ref()
+                        .or(st.etcd_password_file.as_ref())
+                        .map_or(0..0, |s| s.span());
+                    self.push(
+                        f,
+                        span,
+                        "state.etcd_user",
+                        "etcd_user and etcd_password_file go together",
+                    );
+                }
+                StoreConfig::Etcd(EtcdConfig {
+                    endpoints,
+                    prefix,
+                    lease: Duration::from_secs(lease_s.clamp(1, 60)),
+                    ca: path(&st.etcd_ca),
+                    cert: path(&st.etcd_cert),
+                    key: path(&st.etcd_key),
+                    user: st.etcd_user.as_ref().map(|u| u.get_ref().clone()),
+                    password_file: path(&st.etcd_password_file),
+                })
+            }
+            other => {
+                let span = st.store.as_ref().map_or(0..0, |s| s.span());
+                self.push(
+                    f,
+                    span,
+                    "state.store",
+                    format!("`{other}`: expected \"file\" or \"etcd\""),
+                );
+                StoreConfig::File
+            }
+        }
     }
 
     fn limits(&mut self, section: Option<&(usize, Spanned<FileLimits>)>) -> Limits {
