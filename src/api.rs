@@ -94,6 +94,29 @@ pub struct ServiceStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StatusResponse {
     pub services: BTreeMap<String, ServiceStatus>,
+    /// With `store = "etcd"`: `"ok"` or `"unreachable"`; absent with the file store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// With `store = "etcd"`: the live instances of the site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One instance of a site (`store = "etcd"`), as registered under its lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub address: String,
+    /// The revision of the site's release state this instance serves.
+    pub applied_revision: i64,
+    pub leader: bool,
+}
+
+/// How far a release got across the site: the instances that applied it within 2 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstancesApplied {
+    pub applied: usize,
+    pub total: usize,
 }
 
 /// One smoke check against one backend.
@@ -128,6 +151,9 @@ pub struct ReleaseResponse {
     pub smoke: Vec<SmokeResult>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainReport>,
+    /// With `store = "etcd"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstancesApplied>,
     pub status: StatusResponse,
 }
 

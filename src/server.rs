@@ -31,7 +31,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::token;
 use crate::admin::{AdminApp, Latch, Readiness};
-use crate::control::{Controller, WatchService};
+use crate::control::{Controller, SiteService, WatchService};
 use crate::core::color::Color;
 use crate::core::config::{Config, Pools};
 use crate::demo::DemoBackend;
@@ -173,6 +173,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     admin.threads = Some(1);
     services.push(Box::new(admin));
 
+    services.push(Box::new(background_service(
+        "site (etcd)",
+        SiteService(controller.clone()),
+    )));
     services.push(Box::new(background_service(
         "release watch",
         WatchService(controller.clone()),

@@ -12,6 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use super::{json, json_error, reply, token, AdminApp};
 use crate::api::ErrorBody;
 use crate::control::ControlError;
+use crate::persist::store::StoreError;
 use crate::runtime::metrics;
 
 /// The HTTP status of each control error.
@@ -28,6 +29,11 @@ pub fn status(e: &ControlError) -> u16 {
         | ControlError::Refused { .. }
         | ControlError::NoTls => 409,
         ControlError::InvalidConfig { .. } => 422,
+        // Another instance of the site committed first: nothing changed, try again.
+        ControlError::NotSaved(StoreError::Conflict { .. }) => 409,
+        // etcd cannot be reached: releases wait for it.
+        ControlError::NotSaved(StoreError::Unavailable { .. })
+        | ControlError::Store(StoreError::Unavailable { .. }) => 503,
         ControlError::NotSaved(_)
         | ControlError::Store(_)
         | ControlError::StateDir { .. }
@@ -192,6 +198,7 @@ impl AdminApp {
             StatusCode::OK,
             &serde_json::json!({
                 "status": "ok",
+                "store": self.controller.store_health(),
                 "services": snapshot.services.len(),
                 "routes": snapshot.config.routes.len(),
             }),

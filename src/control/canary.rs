@@ -57,6 +57,7 @@ impl Controller {
             changed: Vec::new(),
             smoke,
             drain: None,
+            instances: self.instances_applied().await,
             status: self.status(),
         })
     }
@@ -92,6 +93,7 @@ impl Controller {
             changed: changes,
             smoke: Vec::new(),
             drain: None,
+            instances: self.instances_applied().await,
             status: self.status(),
         })
     }
@@ -116,6 +118,7 @@ impl Controller {
             changed: Vec::new(),
             smoke: Vec::new(),
             drain: None,
+            instances: self.instances_applied().await,
             status: self.status(),
         })
     }

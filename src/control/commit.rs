@@ -133,6 +133,24 @@ impl Controller {
         Ok(())
     }
 
+    /// Publishes a state committed elsewhere (another instance of the site): the same build
+    /// aside → swap as `commit`, without writing it again or recording an event (its
+    /// author did both).
+    pub(super) fn publish_committed(
+        &self,
+        inner: &mut Inner,
+        state: PersistedState,
+    ) -> Result<(), ControlError> {
+        if state == inner.state {
+            return Ok(());
+        }
+        let snap = self.build(inner.config.clone(), &state)?;
+        self.mark_draining(&inner.state.releases, &state.releases, &inner.config);
+        self.shared.publish(snap);
+        inner.state = state;
+        Ok(())
+    }
+
     /// Commits a new release state (with the `changes` that lead to it); nothing happens — no
     /// write, no event — when it is the current one. The changes are added to the event.
     pub(super) async fn commit_releases(

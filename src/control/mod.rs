@@ -20,17 +20,20 @@ mod commit;
 mod error;
 mod release;
 mod reload;
+mod site;
 mod smoke;
 mod status;
 mod watch;
 
 pub use error::ControlError;
+pub use site::SiteService;
 pub use watch::WatchService;
 
 use commit::Inner;
 use watch::{Watch, WatchKind};
 
-use crate::core::config::Config;
+use crate::core::config::{Config, StoreConfig};
+use crate::persist::etcd::EtcdStore;
 use crate::persist::store::{FileStore, PersistedState, StateStore, STATE_VERSION};
 use crate::runtime::shared::Shared;
 use crate::runtime::snapshot::{self, Retained};
@@ -40,7 +43,9 @@ pub struct Controller {
     shared: Arc<Shared>,
     /// Set once at start when TLS is configured.
     certs: OnceLock<Option<Arc<CertManager>>>,
-    store: Box<dyn StateStore>,
+    store: Arc<dyn StateStore>,
+    /// With `store = "etcd"`: the site this instance belongs to.
+    site: Option<Arc<EtcdStore>>,
     /// The commit lock (see `commit`): held from reading the state to publishing the new one,
     /// smoke checks included. Released before waiting for a drain.
     inner: tokio::sync::Mutex<Inner>,
@@ -56,15 +61,34 @@ impl Controller {
             path: config.state_dir.clone(),
             source,
         })?;
-        let store = FileStore::new(&config.state_dir);
-        Self::with_store(config, Box::new(store))
+        let cache = FileStore::new(&config.state_dir);
+        match &config.store {
+            StoreConfig::File => Self::with_store(config, Arc::new(cache)),
+            StoreConfig::Etcd(etcd) => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "switchyard".into());
+                let address = config.listen.admin.to_string();
+                let id = format!("{host}:{}", config.listen.admin.port());
+                let site = Arc::new(EtcdStore::new(etcd.clone(), cache, id, address));
+                Self::start_from(config, site.clone(), Some(site))
+            }
+        }
     }
 
     /// Loads the persisted state from `store` (refusing to start on a broken one) and builds
     /// the first snapshot from it.
     pub fn with_store(
         config: Config,
-        store: Box<dyn StateStore>,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Arc<Controller>, ControlError> {
+        Self::start_from(config, store, None)
+    }
+
+    fn start_from(
+        config: Config,
+        store: Arc<dyn StateStore>,
+        site: Option<Arc<EtcdStore>>,
     ) -> Result<Arc<Controller>, ControlError> {
         let config = Arc::new(config);
         let state = store.load()?.unwrap_or(PersistedState {
@@ -105,6 +129,7 @@ impl Controller {
             shared,
             certs: OnceLock::new(),
             store,
+            site,
             inner: tokio::sync::Mutex::new(Inner::new(config, state, watches)),
             client,
             alarms: std::sync::Mutex::new(BTreeMap::new()),

@@ -60,6 +60,7 @@ impl Controller {
             changed: changes,
             smoke,
             drain,
+            instances: self.instances_applied().await,
             status: self.status(),
         })
     }
@@ -97,6 +98,7 @@ impl Controller {
             changed: changes,
             smoke: Vec::new(),
             drain,
+            instances: self.instances_applied().await,
             status: self.status(),
         })
     }

@@ -6,7 +6,16 @@ use std::sync::atomic::Ordering;
 
 use super::{ControlError, Controller};
 use crate::api::{BackendStatus, CanaryStatus, HistoryResponse, ServiceStatus, StatusResponse};
+use crate::persist::etcd::EtcdStore;
 use crate::runtime::snapshot::Snapshot;
+
+fn store_health(site: &EtcdStore) -> &'static str {
+    if site.is_up() {
+        "ok"
+    } else {
+        "unreachable"
+    }
+}
 
 impl Controller {
     pub fn status(&self) -> StatusResponse {
@@ -16,7 +25,16 @@ impl Controller {
                 s.alarm = Some(alarm.clone());
             }
         }
+        if let Some(site) = &self.site {
+            st.store = Some(store_health(site).to_string());
+            st.instances = site.instances().to_vec();
+        }
         st
+    }
+
+    /// `"ok"` / `"unreachable"` with etcd, `"file"` with the file store: for `/health`.
+    pub fn store_health(&self) -> &'static str {
+        self.site.as_ref().map_or("file", |s| store_health(s))
     }
 
     /// The newest `limit` events, oldest first.
@@ -71,5 +89,9 @@ fn status_of(snap: &Snapshot) -> StatusResponse {
             },
         );
     }
-    StatusResponse { services }
+    StatusResponse {
+        services,
+        store: None,
+        instances: Vec::new(),
+    }
 }

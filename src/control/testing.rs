@@ -51,7 +51,7 @@ impl Fixture {
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config).unwrap();
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
-        let controller = Controller::with_store(config, Box::new(store.clone())).unwrap();
+        let controller = Controller::with_store(config, Arc::new(store.clone())).unwrap();
         Fixture {
             controller,
             store,

@@ -419,8 +419,10 @@ fn a_stored_override_that_does_not_parse_stops_the_start() {
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, CONFIG).unwrap();
     let config = crate::core::config::Config::load(&path).unwrap();
-    let err = match super::Controller::with_store(config, Box::new(MemoryStore::with_state(state)))
-    {
+    let err = match super::Controller::with_store(
+        config,
+        std::sync::Arc::new(MemoryStore::with_state(state)),
+    ) {
         Err(e) => e,
         Ok(_) => panic!("started on a broken override"),
     };

@@ -64,6 +64,12 @@ pub struct Metrics {
     pub cert_expiry: GaugeVec,
     pub acme_orders: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// `store = "etcd"`: 1 while etcd answers.
+    pub store_up: IntGauge,
+    /// `store = "etcd"`: 1 on the site's leader.
+    pub leader: IntGauge,
+    /// `store = "etcd"`: the revision of the release state this instance serves.
+    pub applied_revision: IntGauge,
     /// Indexed like `Rejection::ALL`; resolved once, so a refusal is one atomic add.
     rejected: Vec<IntCounter>,
     pools: Mutex<HashMap<(String, &'static str), Arc<PoolMetrics>>>,
@@ -204,6 +210,21 @@ impl Metrics {
                     .iter()
                     .map(|r| v.with_label_values(&[r.as_str()]))
                     .collect()
+            },
+            store_up: {
+                let g = IntGauge::new("switchyard_store_up", "1 while the shared store (etcd) answers.").unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
+            },
+            leader: {
+                let g = IntGauge::new("switchyard_leader", "1 on the instance that leads the site.").unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
+            },
+            applied_revision: {
+                let g = IntGauge::new("switchyard_applied_revision", "The etcd revision of the release state this instance serves.").unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
             },
             registry: r,
             pools: Mutex::new(HashMap::new()),
