@@ -38,6 +38,11 @@ use crate::core::config::EtcdConfig;
 const HISTORY_KEEP: usize = 10_000;
 /// How long one etcd call may take before the store counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// A release's transaction: attempts, and the time each may take.
+const TXN_ATTEMPTS: usize = 3;
+/// How long a release waits for a lost session to come back before it is refused.
+const RECONNECT_WAIT: Duration = Duration::from_secs(4);
+const TXN_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// A state committed to the site, as the watch delivers it.
 pub struct Committed {
@@ -57,6 +62,10 @@ pub struct EtcdStore {
     up: AtomicBool,
     instances: ArcSwap<Vec<InstanceStatus>>,
     lease: AtomicI64,
+    /// Holds the site's `leader` key under this instance's lease.
+    leader: AtomicBool,
+    /// Where the next connection attempt starts in `etcd_endpoints`.
+    next_endpoint: std::sync::atomic::AtomicUsize,
 }
 
 impl EtcdStore {
@@ -71,6 +80,8 @@ impl EtcdStore {
             up: AtomicBool::new(false),
             instances: ArcSwap::from_pointee(Vec::new()),
             lease: AtomicI64::new(0),
+            leader: AtomicBool::new(false),
+            next_endpoint: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -81,6 +92,13 @@ impl EtcdStore {
     /// Whether etcd answered the last call.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether this instance leads the site. It stops counting itself leader as soon as its
+    /// session with etcd is lost, before its lease (and so the `leader` key) can expire and
+    /// another instance take over.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed) && self.is_up()
     }
 
     /// The revision of the state this instance serves.
@@ -112,6 +130,23 @@ impl EtcdStore {
         }
     }
 
+    /// The client, waiting up to `RECONNECT_WAIT` for a session being re-established (a
+    /// member that died takes its connections with it; the next one is a moment away).
+    async fn connected_soon(&self) -> Result<Client, StoreError> {
+        let deadline = tokio::time::Instant::now() + RECONNECT_WAIT;
+        loop {
+            if let Some(c) = &**self.client.load() {
+                if self.is_up() {
+                    return Ok(c.clone());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.unavailable("not connected"));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Records that this instance now serves `revision`: the local cache, and the registry
     /// (best effort — the next apply or keep-alive round repairs a missed write).
     pub async fn set_applied(&self, state: &PersistedState, revision: i64) {
@@ -129,7 +164,7 @@ impl EtcdStore {
             id: self.id.clone(),
             address: self.address.clone(),
             applied_revision: self.applied(),
-            leader: false,
+            leader: self.is_leader(),
         };
         let value = serde_json::to_vec(&me).expect("an instance serialises");
         let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
@@ -140,6 +175,30 @@ impl EtcdStore {
         .await
         .map_err(|_| self.unavailable("timed out"))?
         .map_err(|e| self.unavailable(e))?;
+        Ok(())
+    }
+
+    /// Tries to become the site's leader: the `leader` key, created under this instance's
+    /// lease only if absent (etcd's election, reduced to its core).
+    async fn campaign(&self, client: &mut Client) -> Result<(), etcd_client::Error> {
+        let key = self.key("leader");
+        let lease = self.lease.load(Ordering::Relaxed);
+        let txn = Txn::new()
+            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                self.id.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = client.txn(txn).await?;
+        let mine = resp.succeeded();
+        if mine && !self.leader.swap(true, Ordering::Relaxed) {
+            tracing::info!(id = %self.id, "leading the site");
+        }
+        crate::runtime::metrics::global()
+            .leader
+            .set(i64::from(self.is_leader()));
         Ok(())
     }
 
@@ -159,26 +218,55 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// A client to one member that answers, trying the endpoints in turn from the one after
+    /// the last used. (A client balanced over every endpoint fails a share of its calls
+    /// while one member is down; one member at a time, and the next on failure, does not.)
     async fn connect(&self) -> Result<Client, etcd_client::Error> {
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
+            .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
         if let (Some(user), Some(file)) = (&self.cfg.user, &self.cfg.password_file) {
             let password = std::fs::read_to_string(file)
                 .map_err(|e| etcd_client::Error::InvalidArgs(format!("{}: {e}", file.display())))?;
             opts = opts.with_user(user.clone(), password.trim().to_string());
         }
-        Client::connect(self.cfg.endpoints.clone(), Some(opts)).await
+        let n = self.cfg.endpoints.len();
+        let first = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        let mut last = etcd_client::Error::InvalidArgs("no etcd endpoint".into());
+        for i in 0..n {
+            let endpoint = &self.cfg.endpoints[(first + i) % n];
+            let attempt = async {
+                let mut c = Client::connect([endpoint.as_str()], Some(opts.clone())).await?;
+                // A member that cannot reach a quorum answers a linearizable read with an
+                // error: only a member of the majority will do.
+                c.get(self.key("state"), None).await?;
+                Ok::<Client, etcd_client::Error>(c)
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+                Ok(Ok(c)) => {
+                    self.next_endpoint.store((first + i) % n, Ordering::Relaxed);
+                    return Ok(c);
+                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = etcd_client::Error::InvalidArgs(format!("{endpoint}: timed out")),
+            }
+        }
+        Err(last)
     }
 
     /// Keeps this instance connected to the site until the process ends: connects (with
     /// backoff), registers, catches up, follows the watch. Every state committed to the site
     /// goes to `apply` (the controller), newer than what this instance serves.
     pub async fn run(self: Arc<Self>, apply: mpsc::Sender<Committed>) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Duration::ZERO;
         loop {
-            match self.session(&apply).await {
+            let was_up = self.is_up();
+            let ended = self.session(&apply).await;
+            // Fencing: without a session this instance cannot know it still holds the lease.
+            self.leader.store(false, Ordering::Relaxed);
+            crate::runtime::metrics::global().leader.set(0);
+            match ended {
                 Ok(()) => return,
                 Err(e) => {
                     if self.up.swap(false, Ordering::Relaxed) {
@@ -189,8 +277,14 @@ impl EtcdStore {
                 }
             }
             crate::runtime::metrics::global().store_up.set(0);
+            // A session that was up is re-established at once (another member takes over);
+            // failing connects back off up to 2 s.
+            backoff = if was_up {
+                Duration::ZERO
+            } else {
+                (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(2))
+            };
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -203,41 +297,52 @@ impl EtcdStore {
         let (mut keeper, mut keep_stream) = client.lease_keep_alive(lease).await?;
         self.client.store(Arc::new(Some(client.clone())));
 
-        // Catch up with the site's state (or seed it from this instance's cache).
+        // Catch up with the site's state (or seed it from this instance's cache) before
+        // counting as connected: a release computed from an older state would only conflict.
         let state_key = self.key("state");
-        let resp = client.get(state_key.clone(), None).await?;
-        let mut start = resp.header().map_or(0, |h| h.revision());
-        match resp.kvs().first() {
-            Some(kv) => {
+        let mut start = 0;
+        for _ in 0..3 {
+            let resp = client.get(state_key.clone(), None).await?;
+            start = resp.header().map_or(0, |h| h.revision());
+            if let Some(kv) = resp.kvs().first() {
                 let revision = kv.mod_revision();
                 if revision != self.applied() {
                     match serde_json::from_slice::<PersistedState>(kv.value()) {
                         Ok(state) => {
                             let _ = apply.send(Committed { state, revision }).await;
+                            // The controller applies it under its commit lock.
+                            let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+                            while self.applied() < revision
+                                && tokio::time::Instant::now() < deadline
+                            {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
                         }
                         Err(e) => tracing::error!("{state_key} in etcd is not a valid state: {e}"),
                     }
                 }
+                break;
             }
-            None => {
-                // The first instance of a site seeds it with what it serves.
-                let local = self.cache.load().ok().flatten().unwrap_or_default();
-                let value = serde_json::to_vec(&local).expect("a state serialises");
-                let txn = Txn::new()
-                    .when([Compare::version(state_key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(state_key.clone(), value, None)]);
-                let r = client.txn(txn).await?;
-                if r.succeeded() {
-                    let revision = r.header().map_or(0, |h| h.revision());
-                    start = revision;
-                    self.applied.store(revision, Ordering::Release);
-                    tracing::info!(revision, "seeded the site's release state in etcd");
-                }
+            // The first instance of a site seeds it with what it serves.
+            let local = self.cache.load().ok().flatten().unwrap_or_default();
+            let value = serde_json::to_vec(&local).expect("a state serialises");
+            let txn = Txn::new()
+                .when([Compare::version(state_key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(state_key.clone(), value, None)]);
+            let r = client.txn(txn).await?;
+            if r.succeeded() {
+                let revision = r.header().map_or(0, |h| h.revision());
+                start = revision;
+                self.applied.store(revision, Ordering::Release);
+                tracing::info!(revision, "seeded the site's release state in etcd");
+                break;
             }
+            // Another instance seeded it meanwhile: read it again.
         }
         self.up.store(true, Ordering::Relaxed);
         let m = crate::runtime::metrics::global();
         m.store_up.set(1);
+        self.campaign(&mut client).await?;
         self.register()
             .await
             .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
@@ -277,6 +382,12 @@ impl EtcdStore {
                             }
                         } else if kv.key().starts_with(self.key("instances/").as_bytes()) {
                             instances_changed = true;
+                        } else if kv.key() == self.key("leader").as_bytes()
+                            && ev.event_type() == EventType::Delete
+                        {
+                            // The leader's lease expired or it resigned: campaign.
+                            self.campaign(&mut client).await?;
+                            self.register().await.map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
                         }
                     }
                     if instances_changed {
@@ -359,7 +470,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
-        let mut client = self.connected()?;
+        let mut client = self.connected_soon().await?;
         let key = self.key("state");
         let applied = self.applied();
         let cond = if applied == 0 {
@@ -370,17 +481,45 @@ impl StateStore for EtcdStore {
         let value = serde_json::to_vec(state).expect("a state serialises");
         let txn = Txn::new()
             .when([cond])
-            .and_then([TxnOp::put(key.clone(), value, None)])
+            .and_then([TxnOp::put(key.clone(), value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = tokio::time::timeout(CALL_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| self.unavailable("timed out"))?
-            .map_err(|e| self.unavailable(e))?;
-        if !resp.succeeded() {
-            let current = resp.header().map_or(0, |h| h.revision());
-            return Err(StoreError::Conflict { current });
+        // A member that just died can take a call with it: the call is tried again (the
+        // client balances over the endpoints). An attempt whose outcome is unknown may have
+        // committed: a later "conflict" whose current value is exactly ours is that commit.
+        let mut last_error = String::new();
+        let mut resp = None;
+        for _ in 0..TXN_ATTEMPTS {
+            match tokio::time::timeout(TXN_TIMEOUT, client.txn(txn.clone())).await {
+                Ok(Ok(r)) => {
+                    resp = Some(r);
+                    break;
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "timed out".into(),
+            }
         }
-        let revision = resp.header().map_or(0, |h| h.revision());
+        let Some(resp) = resp else {
+            return Err(self.unavailable(last_error));
+        };
+        let revision = if resp.succeeded() {
+            resp.header().map_or(0, |h| h.revision())
+        } else {
+            let ours = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .filter(|kv| kv.value() == value.as_slice())
+                    .map(|kv| kv.mod_revision()),
+                _ => None,
+            });
+            match ours {
+                Some(rev) if !last_error.is_empty() => rev,
+                _ => {
+                    let current = resp.header().map_or(0, |h| h.revision());
+                    return Err(StoreError::Conflict { current });
+                }
+            }
+        };
         self.set_applied(state, revision).await;
         crate::runtime::metrics::global()
             .applied_revision
@@ -389,7 +528,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
-        let mut client = self.connected()?;
+        let mut client = self.connected_soon().await?;
         let key = self.key(&format!("history/{:024}-{}", unix_nanos(), self.id));
         let value = serde_json::to_vec(event).expect("an event serialises");
         tokio::time::timeout(CALL_TIMEOUT, client.put(key, value, None))
@@ -403,7 +542,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError> {
-        let mut client = self.connected()?;
+        let mut client = self.connected_soon().await?;
         let opts = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Descend)
