@@ -135,11 +135,12 @@ impl AdminApp {
         let path = req.uri().path();
         match path {
             "/health" if *method == Method::GET || *method == Method::HEAD => self.health(),
-            "/metrics" if *method == Method::GET => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                metrics::global().render().into_bytes(),
-            ),
+            "/metrics" if *method == Method::GET => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4", {
+                    self.controller.export_site_gauges();
+                    metrics::global().render().into_bytes()
+                })
+            }
             "/health" | "/metrics" => Failure::Method {
                 method: method.clone(),
                 path: path.to_string(),

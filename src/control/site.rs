@@ -35,7 +35,6 @@ impl Controller {
         match self.publish_committed(&mut inner, committed.state.clone()) {
             Ok(()) => {
                 site.set_applied(&committed.state, committed.revision).await;
-                metrics::global().applied_revision.set(committed.revision);
                 tracing::info!(
                     revision = committed.revision,
                     "applied the site's release state"
@@ -45,6 +44,17 @@ impl Controller {
                 revision = committed.revision,
                 "cannot apply the site's release state: {e}; keeping the current one"
             ),
+        }
+    }
+
+    /// Sets the site's gauges (store up, leader, applied revision) from the store: before
+    /// each scrape, and every 250 ms.
+    pub fn export_site_gauges(&self) {
+        if let Some(site) = &self.site {
+            let m = metrics::global();
+            m.store_up.set(i64::from(site.is_up()));
+            m.leader.set(i64::from(site.is_leader()));
+            m.applied_revision.set(site.applied());
         }
     }
 
@@ -79,13 +89,16 @@ impl BackgroundService for SiteService {
             return;
         };
         let (tx, mut rx) = mpsc::channel::<Committed>(16);
-        let follower = tokio::spawn(site.run(tx));
+        let follower = tokio::spawn(site.clone().run(tx));
+        // The store knows its state; the metrics are this layer's to set.
+        let mut gauges = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
                 next = rx.recv() => match next {
                     Some(committed) => self.0.apply_committed(committed).await,
                     None => break,
                 },
+                _ = gauges.tick() => self.0.export_site_gauges(),
                 _ = shutdown.changed() => break,
             }
         }

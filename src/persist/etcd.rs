@@ -196,9 +196,6 @@ impl EtcdStore {
         if mine && !self.leader.swap(true, Ordering::Relaxed) {
             tracing::info!(id = %self.id, "leading the site");
         }
-        crate::runtime::metrics::global()
-            .leader
-            .set(i64::from(self.is_leader()));
         Ok(())
     }
 
@@ -265,7 +262,6 @@ impl EtcdStore {
             let ended = self.session(&apply).await;
             // Fencing: without a session this instance cannot know it still holds the lease.
             self.leader.store(false, Ordering::Relaxed);
-            crate::runtime::metrics::global().leader.set(0);
             match ended {
                 Ok(()) => return,
                 Err(e) => {
@@ -276,7 +272,6 @@ impl EtcdStore {
                     }
                 }
             }
-            crate::runtime::metrics::global().store_up.set(0);
             // A session that was up is re-established at once (another member takes over);
             // failing connects back off up to 2 s.
             backoff = if was_up {
@@ -340,8 +335,6 @@ impl EtcdStore {
             // Another instance seeded it meanwhile: read it again.
         }
         self.up.store(true, Ordering::Relaxed);
-        let m = crate::runtime::metrics::global();
-        m.store_up.set(1);
         self.campaign(&mut client).await?;
         self.register()
             .await
@@ -521,9 +514,6 @@ impl StateStore for EtcdStore {
             }
         };
         self.set_applied(state, revision).await;
-        crate::runtime::metrics::global()
-            .applied_revision
-            .set(revision);
         Ok(())
     }
 
