@@ -87,7 +87,14 @@ pub(super) struct Record {
 
 impl Controller {
     /// Takes the commit lock.
+    ///
+    /// With etcd, it first waits (up to a few seconds) for the store's session: a release
+    /// must not hold the lock while the store reconnects, since catching up with the site's
+    /// state takes the lock too (`apply_committed`, which locks `inner` directly).
     pub(super) async fn lock(&self) -> tokio::sync::MutexGuard<'_, Inner> {
+        if let Some(site) = &self.site {
+            site.wait_connected().await;
+        }
         self.inner.lock().await
     }
 

@@ -28,7 +28,7 @@ impl Controller {
     /// reconnect): newer than what this instance serves, or ignored.
     pub async fn apply_committed(&self, committed: Committed) {
         let Some(site) = &self.site else { return };
-        let mut inner = self.lock().await;
+        let mut inner = self.inner.lock().await;
         if committed.revision <= site.applied() {
             return;
         }

@@ -130,6 +130,11 @@ impl EtcdStore {
         }
     }
 
+    /// Waits up to `RECONNECT_WAIT` for a session (true when there is one).
+    pub async fn wait_connected(&self) -> bool {
+        self.connected_soon().await.is_ok()
+    }
+
     /// The client, waiting up to `RECONNECT_WAIT` for a session being re-established (a
     /// member that died takes its connections with it; the next one is a moment away).
     async fn connected_soon(&self) -> Result<Client, StoreError> {
