@@ -312,6 +312,15 @@ async fn switch_through_one_instance_reaches_the_other() {
         assert_ne!(la[0]["id"], la[1]["id"], "two instances, two ids: {la:?}");
         assert_eq!(ids(&la), ids(&lb), "A and B list the same instances");
 
+        // `releasectl status` (text) shows the store and both instances too.
+        let out = releasectl(&b, &["status"]).await;
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert!(out.stdout.contains("store: etcd (ok)"), "{}", out.stdout);
+        for i in &la {
+            let id = i["id"].as_str().unwrap();
+            assert!(out.stdout.contains(id), "instance {id} in:\n{}", out.stdout);
+        }
+
         for (name, p) in [("A", &a), ("B", &b)] {
             let (code, h) = health(p).await;
             assert_eq!(code, 200, "{name} /health: {h}");

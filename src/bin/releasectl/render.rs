@@ -150,7 +150,23 @@ pub fn status(w: &mut dyn Write, s: &StatusResponse) -> io::Result<()> {
             rows.push(vec![String::new(), format!("ALARM: {alarm}")]);
         }
     }
-    table(w, &rows)
+    table(w, &rows)?;
+    // A site (store = "etcd"): the store and every live instance.
+    if let Some(store) = &s.store {
+        writeln!(w)?;
+        writeln!(w, "store: etcd ({store})")?;
+        let mut rows = vec![header(&["INSTANCE", "ADDRESS", "APPLIED", "LEADER"])];
+        for i in &s.instances {
+            rows.push(vec![
+                i.id.clone(),
+                i.address.clone(),
+                i.applied_revision.to_string(),
+                if i.leader { "yes" } else { "-" }.to_string(),
+            ]);
+        }
+        table(w, &rows)?;
+    }
+    Ok(())
 }
 
 /// What a switch, rollback or promote did: the changes, the smoke checks, the drain.
@@ -160,6 +176,9 @@ pub fn release(w: &mut dyn Write, r: &ReleaseResponse, verb: &str) -> io::Result
     }
     for c in &r.changed {
         writeln!(w, "{}: {} → {}", c.service, c.from, c.to)?;
+    }
+    if let Some(i) = &r.instances {
+        writeln!(w, "applied by {}/{} instances", i.applied, i.total)?;
     }
     let passed = r.smoke.iter().filter(|s| s.ok).count();
     if !r.smoke.is_empty() {
