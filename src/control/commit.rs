@@ -154,7 +154,10 @@ impl Controller {
         let snap = self.build(inner.config.clone(), &state)?;
         self.mark_draining(&inner.state.releases, &state.releases, &inner.config);
         self.shared.publish(snap);
-        inner.state = state;
+        let before = std::mem::replace(&mut inner.state, state);
+        // Every instance knows the site's running canaries and fresh switches, so whichever
+        // leads (now or after a failover) judges and advances them.
+        self.follow_watches(inner, &before.releases);
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use super::Controller;
 use crate::api::HistoryEvent;
 use crate::core::color::Color;
 use crate::core::config::Slo;
-use crate::core::release::Command;
+use crate::core::release::{Command, ReleaseState};
 use crate::core::slo::{now_s, Figures};
 use crate::runtime::metrics;
 
@@ -124,10 +124,49 @@ impl Controller {
         inner.watches.retain(|w| !w.services.is_empty());
     }
 
-    /// One look at every watch, under the commit lock.
+    /// After a state committed elsewhere is applied: watch what it started (a switch, a
+    /// canary), drop what it ended. The leader acts on them (`tick`).
+    pub(super) fn follow_watches(&self, inner: &mut Inner, before: &ReleaseState) {
+        let now = now_s();
+        let after = inner.releases().clone();
+        for (service, next) in &after.services {
+            let prev = before.get(service);
+            match (&prev.canary, &next.canary) {
+                (_, Some(c)) if prev.canary.as_ref().map(|p| p.weight) != Some(c.weight) => {
+                    Self::watch(
+                        inner,
+                        Watch {
+                            services: vec![service.clone()],
+                            color: c.color,
+                            since: now,
+                            kind: WatchKind::Canary {
+                                next_step_at: now + c.interval_s,
+                                interval_s: c.interval_s,
+                            },
+                        },
+                    );
+                }
+                (Some(_), None) => Self::unwatch(inner, std::slice::from_ref(service)),
+                _ => {}
+            }
+            if next.canary.is_none() && prev.active != next.active {
+                self.watch_after_switch(inner, std::slice::from_ref(service), next.active);
+            }
+        }
+    }
+
+    /// One look at every watch, under the commit lock. In a site, only the leader acts; the
+    /// others keep their watches (to take over) and let finished switch watches expire.
     pub async fn tick(&self) {
         let mut inner = self.lock().await;
         let now = now_s();
+        if self.site.as_ref().is_some_and(|s| !s.is_leader()) {
+            inner.watches.retain(|w| match w.kind {
+                WatchKind::Switch { until } => now < until,
+                WatchKind::Canary { .. } => true,
+            });
+            return;
+        }
         let watches = inner.watches.clone();
         for w in watches {
             // Judge every service of the release; the first breach acts for all of them.

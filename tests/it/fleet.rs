@@ -634,3 +634,91 @@ async fn etcd_harness_survives_kills_and_restarts() {
     })
     .await;
 }
+
+/// The leader runs the site's canaries: when the leader is killed (-9) mid-canary, the other
+/// instance — which never took the canary command — takes over the lead once its lease
+/// expires and carries the canary on to its end from the state in etcd.
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_continues_when_the_leader_is_killed() {
+    bounded(Duration::from_secs(50), async {
+        let site = Site::start(3).await;
+        let (a, b) = site.two("").await;
+        let list = wait_instances(&a, 2, Duration::from_secs(10)).await;
+        let leader_addr = list
+            .iter()
+            .find(|i| i["leader"] == true)
+            .and_then(|i| i["address"].as_str())
+            .expect("a leader")
+            .to_string();
+        let (leader, follower) = if leader_addr == a.admin_addr.to_string() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+
+        // Started through the leader: 50 % now, 100 % (promote) after 2 s.
+        let token = crate::support::release::token(&leader);
+        let (code, body) = admin_call(
+            &leader,
+            reqwest::Method::POST,
+            "/v1/canary",
+            Some(&token),
+            Some(json!({ "color": "green", "steps": [50, 100], "interval_s": 2 })),
+        )
+        .await;
+        assert_eq!(code, 200, "canary through the leader: {body}");
+        wait_serves_canary(&follower).await;
+
+        // The leader dies mid-canary.
+        leader.signal(libc::SIGKILL);
+        let started = Instant::now();
+
+        // The follower becomes leader (after etcd_lease_s = 2) and promotes.
+        let promoted = poll_until(Duration::from_secs(20), || async {
+            let st = status(&follower).await;
+            let app = &st["services"]["app"];
+            (app["active"] == "green" && app["canary"].is_null()).then_some(())
+        })
+        .await;
+        assert!(
+            promoted.is_some(),
+            "the canary was not carried on after the leader died: {}",
+            status(&follower).await
+        );
+        eprintln!(
+            "canary promoted {:?} after the leader was killed",
+            started.elapsed()
+        );
+        wait_serves(
+            &follower,
+            "green",
+            PROPAGATION,
+            "follower after the promote",
+        )
+        .await;
+        let st = status(&follower).await;
+        let me = st["instances"]
+            .as_array()
+            .and_then(|l| l.iter().find(|i| i["leader"] == true).cloned());
+        assert_eq!(
+            me.as_ref().and_then(|i| i["address"].as_str()),
+            Some(follower.admin_addr.to_string().as_str()),
+            "the survivor leads: {st}"
+        );
+    })
+    .await;
+}
+
+/// Waits until `proxy` has applied a running canary (its status shows one).
+async fn wait_serves_canary(proxy: &Proxy) {
+    let seen = poll_until(Duration::from_secs(5), || async {
+        let st = status(proxy).await;
+        (!st["services"]["app"]["canary"].is_null()).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "the canary never reached {}",
+        proxy.admin_addr
+    );
+}
