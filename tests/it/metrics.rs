@@ -1,6 +1,8 @@
 //! Prometheus metrics on the admin listener.
 
-use crate::support::{metric_lines, metric_value, Backend, Proxy, BASE};
+use std::time::Duration;
+
+use crate::support::{metric_lines, metric_value, poll_until, Backend, Proxy, BASE};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn request_metrics_after_traffic() {
@@ -23,6 +25,19 @@ green = ["{}"]
         assert_eq!(proxy.backend_of("web.test", "/").await, "blue");
     }
 
+    // A request is counted just after its response is written: the last one may still be
+    // on its way into the counters when the client has its answer.
+    let want = |m: &str| {
+        metric_value(
+            m,
+            "switchyard_requests_total",
+            &[("service", "web"), ("color", "blue"), ("code", "200")],
+        ) == Some(5.0)
+    };
+    let _ = poll_until(Duration::from_secs(5), || async {
+        want(&proxy.metrics().await).then_some(())
+    })
+    .await;
     let m = proxy.metrics().await;
     let total = metric_value(
         &m,
