@@ -30,7 +30,7 @@ pub use site::SiteService;
 pub use watch::WatchService;
 
 use commit::Inner;
-use watch::{Watch, WatchKind};
+use watch::Watch;
 
 use crate::core::config::{Config, StoreConfig};
 use crate::persist::etcd::EtcdStore;
@@ -113,16 +113,7 @@ impl Controller {
             // interval and an empty SLO window (the figures lived in memory).
             if let Some(c) = &r.canary {
                 tracing::info!(service = %name, color = %c.color, weight = c.weight, "resuming the canary");
-                let now = crate::core::slo::now_s();
-                watches.push(Watch {
-                    services: vec![name.clone()],
-                    color: c.color,
-                    since: now,
-                    kind: WatchKind::Canary {
-                        next_step_at: now + c.interval_s,
-                        interval_s: c.interval_s,
-                    },
-                });
+                watches.push(Watch::running_canary(name, c));
             }
         }
         Ok(Arc::new(Controller {

@@ -47,6 +47,24 @@ pub struct Watch {
     pub kind: WatchKind,
 }
 
+impl Watch {
+    /// The watch of a running canary of `service`, as found in a release state (after a
+    /// restart, or committed by another instance): its next step one interval from now, an
+    /// empty SLO window.
+    pub fn running_canary(service: &str, c: &crate::core::release::Canary) -> Watch {
+        let now = now_s();
+        Watch {
+            services: vec![service.to_string()],
+            color: c.color,
+            since: now,
+            kind: WatchKind::Canary {
+                next_step_at: now + c.interval_s,
+                interval_s: c.interval_s,
+            },
+        }
+    }
+}
+
 /// Why the SLO was breached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Breach {
@@ -127,24 +145,12 @@ impl Controller {
     /// After a state committed elsewhere is applied: watch what it started (a switch, a
     /// canary), drop what it ended. The leader acts on them (`tick`).
     pub(super) fn follow_watches(&self, inner: &mut Inner, before: &ReleaseState) {
-        let now = now_s();
         let after = inner.releases().clone();
         for (service, next) in &after.services {
             let prev = before.get(service);
             match (&prev.canary, &next.canary) {
                 (_, Some(c)) if prev.canary.as_ref().map(|p| p.weight) != Some(c.weight) => {
-                    Self::watch(
-                        inner,
-                        Watch {
-                            services: vec![service.clone()],
-                            color: c.color,
-                            since: now,
-                            kind: WatchKind::Canary {
-                                next_step_at: now + c.interval_s,
-                                interval_s: c.interval_s,
-                            },
-                        },
-                    );
+                    Self::watch(inner, Watch::running_canary(service, c));
                 }
                 (Some(_), None) => Self::unwatch(inner, std::slice::from_ref(service)),
                 _ => {}
