@@ -56,7 +56,7 @@ enum Format {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
+    switchyard::persist::config_files::load(path).map_err(|errors| {
         eprintln!("{errors}");
         eprintln!(
             "{}: {} error(s); nothing was started",
@@ -123,7 +123,7 @@ Stop with Ctrl-C (or SIGTERM for a graceful drain).
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match switchyard::persist::config_files::load(&config) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} routes, {} services)",

@@ -8,14 +8,13 @@ use serde_json::json;
 use super::commit::Record;
 use super::{ControlError, Controller};
 use crate::api::{HistoryEvent, ReloadResponse};
-use crate::core::config::Config;
 use crate::runtime::metrics;
 
 impl Controller {
     pub async fn reload(&self) -> Result<ReloadResponse, ControlError> {
         let mut inner = self.lock().await;
         let file = inner.config().source.clone();
-        let config = match Config::load(&file) {
+        let config = match crate::persist::config_files::load(&file) {
             Ok(c) => Arc::new(c),
             Err(errors) => {
                 metrics::global()

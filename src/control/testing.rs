@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::Controller;
-use crate::core::config::Config;
 use crate::persist::memory::MemoryStore;
 
 /// A releasable `web` with smoke checks, and `static` with one pool. Nothing listens on the
@@ -50,7 +49,8 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("switchyard.toml");
         std::fs::write(&config_path, config).unwrap();
-        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            crate::persist::config_files::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let controller = Controller::with_store(config, Arc::new(store.clone())).unwrap();
         Fixture {
             controller,

@@ -418,7 +418,7 @@ fn a_stored_override_that_does_not_parse_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, CONFIG).unwrap();
-    let config = crate::core::config::Config::load(&path).unwrap();
+    let config = crate::persist::config_files::load(&path).unwrap();
     let err = match super::Controller::with_store(
         config,
         std::sync::Arc::new(MemoryStore::with_state(state)),

@@ -2,6 +2,7 @@
 //! trait and its file store (written temp + fsync + rename, so a failed write leaves the old
 //! state intact).
 
+pub mod config_files;
 pub mod etcd;
 #[cfg(test)]
 pub mod memory;

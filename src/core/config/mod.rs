@@ -256,61 +256,17 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads a TOML file, or every `*.toml` file of a directory (sorted by name).
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let err = |message: String| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                key: String::new(),
-                message,
-            }])
-        };
-        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let (files, base_dir) = if meta.is_dir() {
-            let mut files = Vec::new();
-            let entries = std::fs::read_dir(path).map_err(|e| err(format!("cannot read: {e}")))?;
-            for entry in entries.flatten() {
-                let p = entry.path();
-                if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
-                    files.push(p);
-                }
-            }
-            files.sort();
-            if files.is_empty() {
-                return Err(err("directory holds no *.toml file".into()));
-            }
-            (files, path.to_path_buf())
-        } else {
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            (vec![path.to_path_buf()], dir)
-        };
-        let mut sources = Vec::new();
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| {
-                ConfigErrors(vec![ConfigError {
-                    file: f.clone(),
-                    line: 0,
-                    column: 0,
-                    key: String::new(),
-                    message: format!("cannot read: {e}"),
-                }])
-            })?;
-            sources.push((f, text));
-        }
-        let base_dir = absolute(&base_dir);
-        Self::from_sources(path, &base_dir, &sources)
-    }
-
     /// Validates config text that did not come from disk (the embedded demo); relative paths
-    /// resolve against `base_dir`.
+    /// resolve against `base_dir` (which should be absolute).
     pub fn from_str(name: &str, text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         let sources = vec![(PathBuf::from(name), text.to_string())];
-        Self::from_sources(Path::new(name), &absolute(base_dir), &sources)
+        Self::from_sources(Path::new(name), base_dir, &sources)
     }
 
-    fn from_sources(
+    /// Validates the text of config files already read (`persist::config_files::load` reads
+    /// them): `source` is the file or directory they came from and `base_dir` the directory
+    /// relative paths resolve against, both absolute. No I/O happens here.
+    pub fn from_sources(
         source: &Path,
         base_dir: &Path,
         sources: &[(PathBuf, String)],
@@ -370,15 +326,6 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.get(name)
     }
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return p.to_path_buf();
-    }
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let joined = cwd.join(p);
-    joined.canonicalize().unwrap_or(joined)
 }
 
 /// `unknown field `bogus`, expected …` → `bogus`.
@@ -708,7 +655,7 @@ impl Validator<'_> {
             return None;
         }
         Some(Config {
-            source: absolute(source),
+            source: source.to_path_buf(),
             listen: Listen {
                 http,
                 https,

@@ -118,61 +118,6 @@ smoke = [{ path = "/" }]
 }
 
 #[test]
-fn shipped_route_files_pass() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes");
-    for f in ["demo.toml", "example.toml"] {
-        let c = Config::load(&dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
-        assert!(!c.routes.is_empty());
-    }
-    let example = Config::load(&dir.join("example.toml")).unwrap();
-    let by_host = |h: &str| {
-        example
-            .routes
-            .iter()
-            .find(|r| r.host == h)
-            .map(|r| r.service.as_str())
-    };
-    assert_eq!(by_host("example.com"), Some("frontend"));
-    assert_eq!(by_host("api.example.com"), Some("api"));
-    assert_eq!(by_host("monitoring.example.com"), Some("grafana"));
-    assert!(!example.service("grafana").unwrap().releasable());
-}
-
-#[test]
-fn directory_merge_refuses_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.toml"), BASE).unwrap();
-    std::fs::write(
-        dir.path().join("b.toml"),
-        "[service.web]\nbackends = [\"127.0.0.1:1\"]\n",
-    )
-    .unwrap();
-    let e = Config::load(dir.path()).unwrap_err().0;
-    assert_eq!(e.len(), 1);
-    assert!(e[0].file.ends_with("b.toml"));
-    assert!(e[0].message.contains("already defined at"), "{}", e[0]);
-    assert_eq!(e[0].line, 1);
-}
-
-#[test]
-fn directory_merge_combines_files() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.toml"), BASE).unwrap();
-    std::fs::write(
-        dir.path().join("b.toml"),
-        "[[route]]\nhost = \"grafana.example.com\"\nservice = \"grafana\"\n[service.grafana]\nbackends = [\"127.0.0.1:3000\"]\n",
-    )
-    .unwrap();
-    let c = Config::load(dir.path()).unwrap();
-    assert_eq!(c.routes.len(), 2);
-    assert_eq!(c.services.len(), 2);
-    assert_eq!(
-        c.state_dir,
-        dir.path().canonicalize().unwrap().join("state")
-    );
-}
-
-#[test]
 fn syntax_error_has_a_line() {
     let e = errors("[listen\nhttp = 1\n");
     assert_eq!(e[0].line, 1);
