@@ -394,6 +394,16 @@ impl EtcdStore {
                 }
                 _ = keep_every.tick() => {
                     keeper.keep_alive().await?;
+                    // A member cut off from its quorum keeps its streams open and silent: a
+                    // linearizable read tells. So does a call that failed elsewhere (`up`
+                    // cleared): either way, start a new session with a member of the majority.
+                    if !self.is_up() {
+                        return Err(etcd_client::Error::InvalidArgs("a call failed".into()));
+                    }
+                    match tokio::time::timeout(CALL_TIMEOUT, client.get(state_key.clone(), None)).await {
+                        Ok(r) => { r?; }
+                        Err(_) => return Err(etcd_client::Error::InvalidArgs("no quorum: a read timed out".into())),
+                    }
                 }
                 ka = keep_stream.message() => {
                     match ka? {

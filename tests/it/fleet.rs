@@ -722,3 +722,57 @@ async fn wait_serves_canary(proxy: &Proxy) {
         proxy.admin_addr
     );
 }
+
+/// Quorum lost (two of three members down): both instances keep serving, report the store
+/// unreachable and refuse releases with 503; when the members return they recover by
+/// themselves and releases work again.
+#[tokio::test(flavor = "multi_thread")]
+async fn quorum_lost_keeps_serving_and_recovers() {
+    bounded(Duration::from_secs(60), async {
+        let mut site = Site::start(3).await;
+        let (a, b) = site.two("").await;
+        let (code, body) = switch(&a, "green").await;
+        assert_switched(code, &body, 2, "switch green before the loss");
+        wait_serves(&b, "green", PROPAGATION, "B before the loss").await;
+
+        site.etcd.kill(0);
+        site.etcd.kill(1);
+        for (name, p) in [("A", &a), ("B", &b)] {
+            let down = poll_until(Duration::from_secs(15), || async {
+                let (code, h) = health(p).await;
+                (code == 200 && h["store"] == "unreachable").then_some(())
+            })
+            .await;
+            assert!(
+                down.is_some(),
+                "{name}: /health never said the store is unreachable"
+            );
+            assert_serves(p, "green", 5, &format!("{name} without quorum")).await;
+        }
+        let (code, body) = switch(&b, "blue").await;
+        assert_eq!(code, 503, "a switch without quorum: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("etcd"),
+            "{body}"
+        );
+
+        site.etcd.restart(0);
+        site.etcd.restart(1);
+        for (name, p) in [("A", &a), ("B", &b)] {
+            let up = poll_until(Duration::from_secs(20), || async {
+                let (_, h) = health(p).await;
+                (h["store"] == "ok").then_some(())
+            })
+            .await;
+            assert!(
+                up.is_some(),
+                "{name}: the store never came back\n{}",
+                site.etcd.logs()
+            );
+        }
+        let (code, body) = switch(&b, "blue").await;
+        assert_switched(code, &body, 2, "switch blue after quorum is back");
+        wait_serves(&a, "blue", PROPAGATION, "A after quorum is back").await;
+    })
+    .await;
+}
