@@ -30,7 +30,7 @@ pub fn status(e: &ControlError) -> u16 {
         | ControlError::NoTls => 409,
         ControlError::InvalidConfig { .. } => 422,
         // Another instance of the site committed first: nothing changed, try again.
-        ControlError::NotSaved(StoreError::Conflict { .. }) => 409,
+        ControlError::NotSaved(StoreError::Conflict { .. } | StoreError::NotLeader) => 409,
         // etcd cannot be reached: releases wait for it.
         ControlError::NotSaved(StoreError::Unavailable { .. })
         | ControlError::Store(StoreError::Unavailable { .. }) => 503,

@@ -40,6 +40,9 @@ pub(super) struct Inner {
     state: PersistedState,
     /// Releases under SLO watch and running canaries.
     pub(super) watches: Vec<Watch>,
+    /// Set by the watch while it acts as the site's leader (canary steps, rollbacks): its
+    /// commits are fenced on the leadership (`StateStore::save_as_leader`).
+    pub(super) leader_acting: bool,
 }
 
 impl Inner {
@@ -48,6 +51,7 @@ impl Inner {
             config,
             state,
             watches,
+            leader_acting: false,
         }
     }
 
@@ -108,7 +112,12 @@ impl Controller {
     ) -> Result<(), ControlError> {
         let snap = self.build(next.config.clone(), &next.state)?;
         if next.state != inner.state {
-            if let Err(e) = self.store.save(&next.state).await {
+            let saved = if inner.leader_acting {
+                self.store.save_as_leader(&next.state).await
+            } else {
+                self.store.save(&next.state).await
+            };
+            if let Err(e) = saved {
                 tracing::error!("{e}");
                 for c in &next.changes {
                     metrics::global()

@@ -52,6 +52,8 @@ pub struct Controller {
     client: reqwest::Client,
     /// service → an alarm the controller raised and could not act on (shown in status).
     alarms: std::sync::Mutex<BTreeMap<String, String>>,
+    /// The second (`slo::now_s`) this follower last published its SLO windows.
+    windows_published_at: std::sync::atomic::AtomicU64,
 }
 
 impl Controller {
@@ -124,6 +126,7 @@ impl Controller {
             inner: tokio::sync::Mutex::new(Inner::new(config, state, watches)),
             client,
             alarms: std::sync::Mutex::new(BTreeMap::new()),
+            windows_published_at: std::sync::atomic::AtomicU64::new(u64::MAX),
         }))
     }
 

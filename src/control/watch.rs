@@ -8,6 +8,7 @@
 //! reload. While a switch runs its smoke checks the tick waits for it (at most the checks'
 //! timeouts) and judges right after, on the state the switch left.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use crate::api::HistoryEvent;
 use crate::core::color::Color;
 use crate::core::config::Slo;
 use crate::core::release::{Command, ReleaseState};
-use crate::core::slo::{now_s, Figures};
+use crate::core::slo::{now_s, Figures, Window};
 use crate::runtime::metrics;
 
 /// How often the watch looks: finer than the SPEC's "every second", so a breach is acted on
@@ -123,7 +124,37 @@ impl Controller {
         let slo = svc.config.slo.clone()?;
         let pool = svc.pool(color)?;
         let stats = pool.load.slo.get()?;
-        Some((stats.figures(now_s(), slo.window_s, since), slo))
+        let mut window = stats.window(now_s(), slo.window_s, since);
+        if let Some(site) = &self.site {
+            // The site's figures: every instance's requests count, not just the leader's.
+            window.merge(&site.site_window(service, color));
+        }
+        Some((window.figures(), slo))
+    }
+
+    /// This instance's windows of every watched color with an SLO (what a follower
+    /// publishes for the leader).
+    fn local_windows(&self, inner: &Inner) -> Vec<(String, Color, Window)> {
+        let snap = self.shared.snapshot.load();
+        let now = now_s();
+        let mut out = Vec::new();
+        for w in &inner.watches {
+            for service in &w.services {
+                let Some(svc) = snap.service(service) else {
+                    continue;
+                };
+                let Some(slo) = &svc.config.slo else { continue };
+                let Some(stats) = svc.pool(w.color).and_then(|p| p.load.slo.get()) else {
+                    continue;
+                };
+                out.push((
+                    service.clone(),
+                    w.color,
+                    stats.window(now, slo.window_s, w.since),
+                ));
+            }
+        }
+        out
     }
 
     /// Registers a watch; the services it covers leave any older watch, which keeps
@@ -166,13 +197,22 @@ impl Controller {
     pub async fn tick(&self) {
         let mut inner = self.lock().await;
         let now = now_s();
-        if self.site.as_ref().is_some_and(|s| !s.is_leader()) {
+        if let Some(site) = self.site.as_ref().filter(|s| !s.is_leader()) {
             inner.watches.retain(|w| match w.kind {
                 WatchKind::Switch { until } => now < until,
                 WatchKind::Canary { .. } => true,
             });
+            // Once a second, and only while something is watched (or to delete what was
+            // published when the last watch ended): the leader judges the site's figures.
+            let second = now_s();
+            if self.windows_published_at.swap(second, Ordering::Relaxed) != second {
+                let windows = self.local_windows(&inner);
+                drop(inner);
+                site.publish_windows(windows).await;
+            }
             return;
         }
+        inner.leader_acting = true;
         let watches = inner.watches.clone();
         for w in watches {
             // Judge every service of the release; the first breach acts for all of them.
@@ -203,6 +243,7 @@ impl Controller {
                 }
             }
         }
+        inner.leader_acting = false;
     }
 
     async fn on_breach(

@@ -112,22 +112,73 @@ impl SloStats {
 
     /// Figures over the seconds (`now - window`, `now`], counting only seconds ≥ `since`.
     pub fn figures(&self, now: u64, window_s: u64, since: u64) -> Figures {
+        self.window(now, window_s, since).figures()
+    }
+
+    /// The raw counts over the seconds (`now - window`, `now`], counting only seconds ≥
+    /// `since`: what an instance of a site publishes, so the leader can add every
+    /// instance's counts before taking quantiles (quantiles themselves do not add up).
+    pub fn window(&self, now: u64, window_s: u64, since: u64) -> Window {
         let window = window_s.clamp(1, MAX_WINDOW_S);
         let from = now.saturating_sub(window - 1).max(since);
-        let mut f = Figures::default();
-        let mut hist = [0u64; BINS];
+        let mut w = Window::default();
         for second in from..=now {
             let b = &self.ring[(second % RING as u64) as usize];
             if b.second.load(Ordering::Acquire) != second {
                 continue;
             }
-            f.requests += b.requests.load(Ordering::Relaxed);
-            f.errors += b.errors.load(Ordering::Relaxed);
-            for (h, l) in hist.iter_mut().zip(&b.latency) {
+            w.requests += b.requests.load(Ordering::Relaxed);
+            w.errors += b.errors.load(Ordering::Relaxed);
+            for (h, l) in w.latency.iter_mut().zip(&b.latency) {
                 *h += l.load(Ordering::Relaxed);
             }
         }
-        let total: u64 = hist.iter().sum();
+        w
+    }
+}
+
+/// Request, error and latency-bin counts over a window: the sum of several instances'
+/// windows is the site's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub requests: u64,
+    pub errors: u64,
+    /// Counts per latency bin (the bounds are fixed; a list of another length is refused
+    /// by [`Window::merge`]).
+    pub latency: Vec<u64>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            requests: 0,
+            errors: 0,
+            latency: vec![0; BINS],
+        }
+    }
+}
+
+impl Window {
+    /// Adds another instance's counts; a window with another bin layout is ignored (false).
+    pub fn merge(&mut self, other: &Window) -> bool {
+        if other.latency.len() != BINS {
+            return false;
+        }
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a = a.saturating_add(*b);
+        }
+        true
+    }
+
+    pub fn figures(&self) -> Figures {
+        let mut f = Figures {
+            requests: self.requests,
+            errors: self.errors,
+            ..Figures::default()
+        };
+        let total: u64 = self.latency.iter().sum();
         if f.requests > 0 {
             f.error_rate = f.errors as f64 / f.requests as f64;
         }
@@ -137,7 +188,7 @@ impl SloStats {
             }
             let rank = (q * total as f64).ceil() as u64;
             let mut acc = 0;
-            for (i, n) in hist.iter().enumerate() {
+            for (i, n) in self.latency.iter().enumerate() {
                 acc += n;
                 if acc >= rank {
                     // The bin's upper bound: a conservative reading, like Prometheus'
@@ -194,6 +245,35 @@ mod tests {
         s.record_at(5 + RING as u64, 200, 5);
         let f = s.figures(5 + RING as u64, 10, 0);
         assert_eq!((f.requests, f.errors), (1, 0));
+    }
+
+    #[test]
+    fn windows_of_several_instances_add_up_before_quantiles() {
+        let a = SloStats::default();
+        let b = SloStats::default();
+        // Instance a: 90 fast successes; instance b: 10 slow errors. Neither alone shows
+        // the site: b alone is 100 % errors, a alone 0 %.
+        for _ in 0..90 {
+            a.record_at(50, 200, 5);
+        }
+        for _ in 0..10 {
+            b.record_at(50, 503, 800);
+        }
+        let mut site = a.window(50, 30, 0);
+        assert!(site.merge(&b.window(50, 30, 0)));
+        let f = site.figures();
+        assert_eq!((f.requests, f.errors), (100, 10));
+        assert!((f.error_rate - 0.10).abs() < 1e-9);
+        assert_eq!(f.p50_ms, 5);
+        assert_eq!(f.p95_ms, 1000);
+        // A window of another layout (another version's bins) is not mixed in.
+        let odd = Window {
+            requests: 1,
+            errors: 1,
+            latency: vec![1],
+        };
+        assert!(!site.merge(&odd));
+        assert_eq!(site.figures().requests, 100);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub enum StoreError {
     /// committed first.
     #[error("the release state changed meanwhile (another instance committed revision {current}); nothing changed — check `releasectl status` and try again")]
     Conflict { current: i64 },
+    /// A change only the site's leader may make, from an instance that no longer leads.
+    #[error("this instance no longer leads the site; the new leader carries on")]
+    NotLeader,
     /// A shared store cannot be reached.
     #[error("etcd is unreachable ({endpoints}): {message}; releases are refused while it is, and this instance keeps serving its last applied state")]
     Unavailable { endpoints: String, message: String },
@@ -86,6 +89,13 @@ pub trait StateStore: Send + Sync {
     /// Commits the next state. A shared store commits it only if nobody else did since the
     /// state it last applied (`StoreError::Conflict` otherwise).
     async fn save(&self, state: &PersistedState) -> Result<(), StoreError>;
+    /// Commits a change only the site's leader may make (a canary step, the SLO watch's
+    /// rollback). A shared store also requires, in the same transaction, that this instance
+    /// still holds the leadership: a leader that lost it cannot write after another took
+    /// over (`StoreError::NotLeader`). One instance alone always leads.
+    async fn save_as_leader(&self, state: &PersistedState) -> Result<(), StoreError> {
+        self.save(state).await
+    }
     async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, oldest first.
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError>;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::etcd::{unique, EtcdCluster};
+use crate::support::faulty::Faulty;
 use crate::support::release::{admin_call, releasectl, status, switch_api};
 use crate::support::{poll_until, Backend, Proxy};
 
@@ -704,6 +705,97 @@ async fn canary_continues_when_the_leader_is_killed() {
             me.as_ref().and_then(|i| i["address"].as_str()),
             Some(follower.admin_addr.to_string().as_str()),
             "the survivor leads: {st}"
+        );
+    })
+    .await;
+}
+
+/// The two instances of a site, told apart: (leader, follower).
+async fn leader_and_follower(a: Proxy, b: Proxy) -> (Proxy, Proxy) {
+    let list = wait_instances(&a, 2, Duration::from_secs(10)).await;
+    let leader_addr = list
+        .iter()
+        .find(|i| i["leader"] == true)
+        .and_then(|i| i["address"].as_str())
+        .expect("a leader")
+        .to_string();
+    if leader_addr == a.admin_addr.to_string() {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// The SLO is judged on the site's figures: a bad release whose every request goes through
+/// a follower (the leader sees none) is still rolled back, by the leader, from the window
+/// the follower publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_rolls_back_on_errors_only_a_follower_sees() {
+    bounded(Duration::from_secs(60), async {
+        let site = Site::start(3).await;
+        let bad = Faulty::start("green").await;
+        let config = site
+            .config(
+                "slo = { max_error_rate = 0.05, window_s = 30, min_requests = 20, watch_s = 60 }",
+            )
+            .replace(&site.green.addr.to_string(), &bad.addr.to_string());
+        let (a, b) = tokio::join!(Proxy::start(&config), Proxy::start(&config));
+        let (leader, follower) = leader_and_follower(a, b).await;
+
+        // Through the follower: green passes its smoke checks, then turns bad.
+        let (code, body) = switch_api(&follower, json!({ "color": "green" })).await;
+        assert_eq!(code, 200, "switch through the follower: {body}");
+        let applied = poll_until(PROPAGATION, || async {
+            (status(&leader).await["services"]["app"]["active"] == "green").then_some(())
+        })
+        .await;
+        assert!(applied.is_some(), "the leader never applied the switch");
+        bad.set_fail_pct(100);
+        let hits_before = bad.hits();
+        for _ in 0..40 {
+            let (code, _) = follower.get_json(HOST, "/").await;
+            assert_eq!(code, 500, "green fails every request");
+        }
+        let errors_sent = Instant::now();
+
+        // Only the leader acts, and it saw none of those requests itself.
+        let rolled_back = poll_until(Duration::from_secs(10), || async {
+            (status(&follower).await["services"]["app"]["active"] == "blue").then_some(())
+        })
+        .await;
+        assert!(
+            rolled_back.is_some(),
+            "no rollback: the leader did not judge the follower's figures; status {}",
+            status(&leader).await
+        );
+        eprintln!(
+            "rolled back {:?} after the follower's 40th error",
+            errors_sent.elapsed()
+        );
+        assert_eq!(
+            bad.hits() - hits_before,
+            40,
+            "every bad request went through the follower"
+        );
+        wait_serves(
+            &follower,
+            "blue",
+            PROPAGATION,
+            "follower after the rollback",
+        )
+        .await;
+        let token = crate::support::release::token(&leader);
+        let (_, history) = admin_call(
+            &leader,
+            reqwest::Method::GET,
+            "/v1/history?limit=5",
+            Some(&token),
+            None,
+        )
+        .await;
+        assert!(
+            history.to_string().contains("error_rate"),
+            "the rollback names the breached error rate: {history}"
         );
     })
     .await;

@@ -30,6 +30,8 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
+mod windows;
+
 use super::store::{FileStore, PersistedState, StateStore, StoreError};
 use crate::api::{HistoryEvent, InstanceStatus};
 use crate::core::config::EtcdConfig;
@@ -66,6 +68,8 @@ pub struct EtcdStore {
     leader: AtomicBool,
     /// Where the next connection attempt starts in `etcd_endpoints`.
     next_endpoint: std::sync::atomic::AtomicUsize,
+    /// The SLO windows of the site's other instances (see `windows`).
+    windows: windows::SiteWindows,
 }
 
 impl EtcdStore {
@@ -82,6 +86,7 @@ impl EtcdStore {
             lease: AtomicI64::new(0),
             leader: AtomicBool::new(false),
             next_endpoint: std::sync::atomic::AtomicUsize::new(0),
+            windows: windows::SiteWindows::default(),
         }
     }
 
@@ -345,6 +350,13 @@ impl EtcdStore {
             .await
             .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
         self.refresh_instances(&mut client).await?;
+        let slo_prefix = self.key("slo/");
+        let windows = client
+            .get(slo_prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        for kv in windows.kvs() {
+            self.on_window(kv.key(), Some(kv.value()));
+        }
         tracing::info!(id = %self.id, endpoints = ?self.cfg.endpoints, "connected to etcd");
 
         let (_watcher, mut stream) = client
@@ -378,6 +390,9 @@ impl EtcdStore {
                                 }
                                 Err(e) => tracing::error!("{state_key} in etcd is not a valid state: {e}"),
                             }
+                        } else if kv.key().starts_with(slo_prefix.as_bytes()) {
+                            let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                            self.on_window(kv.key(), value);
                         } else if kv.key().starts_with(self.key("instances/").as_bytes()) {
                             instances_changed = true;
                         } else if kv.key() == self.key("leader").as_bytes()
@@ -454,30 +469,15 @@ impl EtcdStore {
         }
         Ok(())
     }
-}
 
-fn unix_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
-#[async_trait::async_trait]
-impl StateStore for EtcdStore {
-    fn location(&self) -> String {
-        format!(
-            "etcd {} {}state",
-            self.cfg.endpoints.join(","),
-            self.cfg.prefix
-        )
-    }
-
-    /// At start: the local cache of the last applied state (etcd is read once connected).
-    fn load(&self) -> Result<Option<PersistedState>, StoreError> {
-        self.cache.load()
-    }
-
-    async fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
+    /// The release state's transaction: conditioned on the revision this instance applied
+    /// (someone else committed meanwhile: `Conflict`), and for a leader's change on the
+    /// `leader` key still naming this instance under its current lease (fencing).
+    async fn commit_state(
+        &self,
+        state: &PersistedState,
+        as_leader: bool,
+    ) -> Result<(), StoreError> {
         let mut client = self.connected_soon().await?;
         let key = self.key("state");
         let applied = self.applied();
@@ -487,8 +487,21 @@ impl StateStore for EtcdStore {
             Compare::mod_revision(key.clone(), CompareOp::Equal, applied)
         };
         let value = serde_json::to_vec(state).expect("a state serialises");
+        let mut conds = vec![cond];
+        if as_leader {
+            if !self.is_leader() {
+                return Err(StoreError::NotLeader);
+            }
+            let lease = self.lease.load(Ordering::Relaxed);
+            conds.push(Compare::value(
+                self.key("leader"),
+                CompareOp::Equal,
+                self.id.clone(),
+            ));
+            conds.push(Compare::lease(self.key("leader"), CompareOp::Equal, lease));
+        }
         let txn = Txn::new()
-            .when([cond])
+            .when(conds)
             .and_then([TxnOp::put(key.clone(), value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
         // A member that just died can take a call with it: the call is tried again (the
@@ -522,6 +535,10 @@ impl StateStore for EtcdStore {
             });
             match ours {
                 Some(rev) if !last_error.is_empty() => rev,
+                _ if as_leader && !self.still_leads(&mut client).await => {
+                    self.leader.store(false, Ordering::Relaxed);
+                    return Err(StoreError::NotLeader);
+                }
                 _ => {
                     let current = resp.header().map_or(0, |h| h.revision());
                     return Err(StoreError::Conflict { current });
@@ -530,6 +547,48 @@ impl StateStore for EtcdStore {
         };
         self.set_applied(state, revision).await;
         Ok(())
+    }
+
+    /// Whether the `leader` key still names this instance under its lease.
+    async fn still_leads(&self, client: &mut Client) -> bool {
+        let lease = self.lease.load(Ordering::Relaxed);
+        match tokio::time::timeout(CALL_TIMEOUT, client.get(self.key("leader"), None)).await {
+            Ok(Ok(r)) => r
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == self.id.as_bytes() && kv.lease() == lease),
+            _ => false,
+        }
+    }
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+#[async_trait::async_trait]
+impl StateStore for EtcdStore {
+    fn location(&self) -> String {
+        format!(
+            "etcd {} {}state",
+            self.cfg.endpoints.join(","),
+            self.cfg.prefix
+        )
+    }
+
+    /// At start: the local cache of the last applied state (etcd is read once connected).
+    fn load(&self) -> Result<Option<PersistedState>, StoreError> {
+        self.cache.load()
+    }
+
+    async fn save(&self, state: &PersistedState) -> Result<(), StoreError> {
+        self.commit_state(state, false).await
+    }
+
+    async fn save_as_leader(&self, state: &PersistedState) -> Result<(), StoreError> {
+        self.commit_state(state, true).await
     }
 
     async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
