@@ -10,6 +10,9 @@ use crate::tls::CertManager;
 impl Controller {
     /// Hands the controller the certificate manager, once, at start (`None`: no TLS).
     pub fn set_certs(&self, certs: Option<Arc<CertManager>>) {
+        if let (Some(m), Some(site)) = (&certs, &self.site) {
+            m.join_site(site.clone());
+        }
         let _ = self.certs.set(certs);
     }
 

@@ -18,12 +18,16 @@ use rustls::sign::CertifiedKey;
 
 use super::store::CertStore;
 use crate::core::config::{Challenge, TlsConfig};
+use crate::persist::etcd::EtcdStore;
 use crate::persist::store::write_atomic;
 
 pub const ACCOUNT_FILE: &str = "acme-account.json";
 
 /// How long one order may take, challenges included, before it counts as failed.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
+/// In a site, the time given to every instance's watch to receive a challenge answer before
+/// the CA is told to validate (a watch event takes milliseconds on a healthy cluster).
+const SITE_PROPAGATION: Duration = Duration::from_millis(500);
 
 fn builder(cfg: &TlsConfig) -> anyhow::Result<instant_acme::AccountBuilder> {
     Ok(match &cfg.acme_root_ca {
@@ -46,21 +50,78 @@ pub async fn account(cfg: &TlsConfig) -> anyhow::Result<Account> {
                     .map(str::to_string)
             });
         if stored_dir.as_deref() == Some(cfg.acme_directory.as_str()) {
-            let creds: AccountCredentials = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not an ACME account file", path.display()))?;
-            return builder(cfg)?
-                .from_credentials(creds)
+            return restore(cfg, &text)
                 .await
-                .context("restoring the ACME account");
+                .with_context(|| path.display().to_string());
         }
         // The account belongs to another CA (staging → production, say): keep it aside and
         // register with the configured one.
         tracing::warn!(stored = ?stored_dir, configured = %cfg.acme_directory, "the stored ACME account is for another directory: creating a new one");
         retire_account(cfg);
     }
+    let (account, creds) = create(cfg).await?;
+    let json = serde_json::to_vec_pretty(&creds)?;
+    write_atomic(&path, &json, 0o600).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(directory = %cfg.acme_directory, "created the ACME account");
+    Ok(account)
+}
+
+/// The site's ACME account (`store = "etcd"`): its credentials live in etcd, created once by
+/// whichever leader needs them first; an account for another directory is replaced.
+pub async fn site_account(cfg: &TlsConfig, site: &EtcdStore) -> anyhow::Result<Account> {
+    let stored = site.acme_account().await?;
+    if let Some(text) = &stored {
+        let stored_dir = serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("directory")?.as_str().map(str::to_string));
+        if stored_dir.as_deref() == Some(cfg.acme_directory.as_str()) {
+            return restore(cfg, text).await;
+        }
+        tracing::warn!(stored = ?stored_dir, configured = %cfg.acme_directory, "the site's ACME account is for another directory: creating a new one");
+    }
+    let (account, creds) = create(cfg).await?;
+    let json = serde_json::to_string_pretty(&creds)?;
+    let now = site.set_acme_account(stored.as_deref(), &json).await?;
+    if now == json {
+        tracing::info!(directory = %cfg.acme_directory, "created the site's ACME account");
+        Ok(account)
+    } else {
+        // Another leader stored one first: use it (ours stays unused at the CA).
+        restore(cfg, &now).await
+    }
+}
+
+/// The site's account was refused by the CA (it no longer exists): forget it, so the next
+/// [`site_account`] registers a new one.
+pub async fn retire_site_account(cfg: &TlsConfig, site: &EtcdStore) {
+    match site.acme_account().await {
+        Ok(Some(old)) => match create(cfg).await {
+            Ok((_, creds)) => {
+                let json = serde_json::to_string_pretty(&creds).unwrap_or_default();
+                if let Err(e) = site.set_acme_account(Some(&old), &json).await {
+                    tracing::warn!("cannot replace the site's ACME account: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot create a new ACME account: {e:#}"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot read the site's ACME account: {e}"),
+    }
+}
+
+async fn restore(cfg: &TlsConfig, text: &str) -> anyhow::Result<Account> {
+    let creds: AccountCredentials =
+        serde_json::from_str(text).context("the stored ACME account is not valid")?;
+    builder(cfg)?
+        .from_credentials(creds)
+        .await
+        .context("restoring the ACME account")
+}
+
+async fn create(cfg: &TlsConfig) -> anyhow::Result<(Account, AccountCredentials)> {
     let contact = cfg.acme_email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-    let (account, creds) = builder(cfg)?
+    builder(cfg)?
         .create(
             &NewAccount {
                 contact: &contacts,
@@ -71,11 +132,7 @@ pub async fn account(cfg: &TlsConfig) -> anyhow::Result<Account> {
             None,
         )
         .await
-        .with_context(|| format!("creating an ACME account at {}", cfg.acme_directory))?;
-    let json = serde_json::to_vec_pretty(&creds)?;
-    write_atomic(&path, &json, 0o600).with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(directory = %cfg.acme_directory, "created the ACME account");
-    Ok(account)
+        .with_context(|| format!("creating an ACME account at {}", cfg.acme_directory))
 }
 
 /// Moves the stored account aside (`acme-account.json.retired-UNIX`), so the next
@@ -121,26 +178,89 @@ impl Drop for ChallengeGuard<'_> {
 
 /// The self-signed certificate that answers tls-alpn-01 (RFC 8737): the host as its only SAN
 /// and the SHA-256 of the key authorization in the critical acmeIdentifier extension.
-fn alpn_challenge_cert(host: &str, digest: &[u8]) -> anyhow::Result<Arc<CertifiedKey>> {
+/// Also returns the certificate and key as PEM, for the other instances of a site.
+fn alpn_challenge_cert(
+    host: &str,
+    digest: &[u8],
+) -> anyhow::Result<(Arc<CertifiedKey>, String, String)> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![host.to_string()])?;
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key)?;
+    let pems = (cert.pem(), key.serialize_pem());
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der)?;
-    Ok(Arc::new(CertifiedKey::new(
-        vec![CertificateDer::from(cert.der().to_vec())],
-        signing,
-    )))
+    Ok((
+        Arc::new(CertifiedKey::new(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            signing,
+        )),
+        pems.0,
+        pems.1,
+    ))
+}
+
+/// A tls-alpn-01 challenge certificate from its PEM (as another instance published it).
+pub fn alpn_challenge_from_pem(cert_pem: &str, key_pem: &str) -> anyhow::Result<Arc<CertifiedKey>> {
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .context("challenge certificate PEM")?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .context("challenge key PEM")?
+        .context("no key in the challenge PEM")?;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// What an order published to its site, withdrawn when the order ends however it ends.
+#[derive(Default)]
+struct SiteAnswers {
+    tokens: Vec<String>,
+    alpn: bool,
+}
+
+impl SiteAnswers {
+    async fn withdraw(self, site: &EtcdStore, host: &str) {
+        for t in &self.tokens {
+            if let Err(e) = site.set_http01(t, None).await {
+                tracing::debug!("withdrawing an http-01 answer: {e}");
+            }
+        }
+        if self.alpn {
+            if let Err(e) = site.set_tls_alpn01(host, None).await {
+                tracing::debug!("withdrawing a tls-alpn-01 answer: {e}");
+            }
+        }
+    }
 }
 
 /// Orders a certificate for `host`: (chain PEM, key PEM). The key is ECDSA P-256, generated
 /// here (instant-acme's `finalize` uses rcgen's default).
+///
+/// In a site (`site` set), the challenge answers also go to etcd, so that every instance
+/// answers the CA's validation, whichever the balancer picks; they are withdrawn at the end.
 pub async fn order(
     account: &Account,
     host: &str,
     challenge: Challenge,
     store: &CertStore,
+    site: Option<&EtcdStore>,
+) -> anyhow::Result<(String, String)> {
+    let mut published = SiteAnswers::default();
+    let result = order_once(account, host, challenge, store, site, &mut published).await;
+    if let Some(site) = site {
+        published.withdraw(site, host).await;
+    }
+    result
+}
+
+async fn order_once(
+    account: &Account,
+    host: &str,
+    challenge: Challenge,
+    store: &CertStore,
+    site: Option<&EtcdStore>,
+    published: &mut SiteAnswers,
 ) -> anyhow::Result<(String, String)> {
     let ids = [Identifier::Dns(host.to_string())];
     let mut order = account
@@ -172,12 +292,28 @@ pub async fn order(
             Challenge::Http01 => {
                 let token = ch.token.clone();
                 store.set_http_challenge(&token, Some(key_auth.as_str().to_string()));
-                guard.tokens.push(token);
+                guard.tokens.push(token.clone());
+                if let Some(site) = site {
+                    published.tokens.push(token.clone());
+                    site.set_http01(&token, Some(key_auth.as_str()))
+                        .await
+                        .context("publishing the http-01 answer to the site")?;
+                }
             }
             Challenge::TlsAlpn01 => {
-                let cert = alpn_challenge_cert(host, key_auth.digest().as_ref())?;
+                let (cert, cert_pem, key_pem) =
+                    alpn_challenge_cert(host, key_auth.digest().as_ref())?;
                 store.set_alpn_challenge(host, Some(cert));
+                if let Some(site) = site {
+                    published.alpn = true;
+                    site.set_tls_alpn01(host, Some((&cert_pem, &key_pem)))
+                        .await
+                        .context("publishing the tls-alpn-01 answer to the site")?;
+                }
             }
+        }
+        if site.is_some() {
+            tokio::time::sleep(SITE_PROPAGATION).await;
         }
         ch.set_ready().await.context("challenge ready")?;
     }

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::api::CertInfo;
 use crate::core::config::{Config, Issuer, TlsConfig};
+use crate::persist::etcd::{EtcdStore, SiteCertSink};
 use crate::persist::store::{rfc3339, write_atomic};
 use crate::runtime::metrics;
 use crate::runtime::shared::Shared;
@@ -34,6 +35,8 @@ use store::{covers, load_pem, unix_now, CertStore, LoadedCert};
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Retries of a failed order back off exponentially up to this.
 const MAX_BACKOFF_S: u64 = 6 * 3600;
+/// In a site, how often an instance that does not lead looks again whether it leads now.
+const FOLLOWER_LOOK: Duration = Duration::from_secs(1);
 
 /// Where a host's certificate and key live in `cert_dir`.
 pub fn cert_paths(dir: &std::path::Path, host: &str) -> (PathBuf, PathBuf) {
@@ -82,6 +85,9 @@ pub struct CertManager {
     hosts: Mutex<BTreeMap<String, HostState>>,
     wake: Notify,
     account: tokio::sync::Mutex<Option<instant_acme::Account>>,
+    /// With `store = "etcd"`: the site whose leader orders for every instance (see
+    /// `persist::etcd::certs`).
+    site: std::sync::OnceLock<Arc<EtcdStore>>,
 }
 
 fn tls_of(config: &Config) -> Option<&TlsConfig> {
@@ -121,7 +127,20 @@ impl CertManager {
             hosts: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             account: tokio::sync::Mutex::new(None),
+            site: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Joins a site: its leader orders ACME certificates for every instance, which serve
+    /// what it commits and answer the challenges of its orders.
+    pub fn join_site(self: &Arc<Self>, site: Arc<EtcdStore>) {
+        site.set_cert_sink(self.clone());
+        let _ = self.site.set(site);
+    }
+
+    /// The site, when this instance belongs to one and the certificates are ACME's.
+    fn acme_site(&self, tls: &TlsConfig) -> Option<&Arc<EtcdStore>> {
+        self.site.get().filter(|_| tls.issuer == Issuer::Acme)
     }
 
     /// At start, before serving: load what `cert_dir` (or `[tls.files]`) holds, and for the
@@ -278,6 +297,10 @@ impl CertManager {
         if tls.issuer == Issuer::Files {
             return MAX_SLEEP;
         }
+        if self.acme_site(tls).is_some_and(|s| !s.is_leader()) {
+            // The leader orders for the site; its certificates arrive through etcd.
+            return FOLLOWER_LOOK;
+        }
         let mut next_wake = unix_now() + MAX_SLEEP.as_secs();
         for host in wanted_hosts(&config) {
             let now = unix_now();
@@ -337,20 +360,37 @@ impl CertManager {
             Issuer::Internal => self.issue_internal(tls, host),
             Issuer::Files => Ok(()),
             Issuer::Acme => {
+                let site = self.acme_site(tls).map(Arc::as_ref);
                 let mut account = self.account.lock().await;
                 for attempt in 0..2 {
                     if account.is_none() {
-                        *account = Some(acme::account(tls).await?);
+                        *account = Some(match site {
+                            Some(site) => acme::site_account(tls, site).await?,
+                            None => acme::account(tls).await?,
+                        });
                     }
                     let acct = account.as_ref().expect("set above");
                     tracing::info!(%host, challenge = ?tls.challenge, "ordering a certificate");
-                    match acme::order(acct, host, tls.challenge, &self.store).await {
-                        Ok((chain, key)) => return self.save_and_install(tls, host, &chain, &key),
+                    match acme::order(acct, host, tls.challenge, &self.store, site).await {
+                        Ok((chain, key)) => {
+                            self.save_and_install(tls, host, &chain, &key)?;
+                            if let Some(site) = site {
+                                // Every other instance installs it from the site's copy,
+                                // which only a leader that still leads can commit.
+                                site.put_certificate(host, &chain, &key)
+                                    .await
+                                    .context("committing the certificate to the site")?;
+                            }
+                            return Ok(());
+                        }
                         Err(e) if attempt == 0 && acme::account_gone(&e) => {
                             // The CA no longer knows the account: register again, once.
                             tracing::warn!(%host, "the ACME account no longer exists at the CA: registering a new one");
                             *account = None;
-                            acme::retire_account(tls);
+                            match site {
+                                Some(site) => acme::retire_site_account(tls, site).await,
+                                None => acme::retire_account(tls),
+                            }
                         }
                         Err(e) => return Err(e),
                     }
@@ -378,6 +418,56 @@ impl CertManager {
             if let Some(due) = acme::renewal_info(acct, leaf).await {
                 self.hosts.lock().unwrap().entry(host).or_default().ari_due = Some(due);
             }
+        }
+    }
+}
+
+/// What the site's leader commits, every instance installs (and caches in `cert_dir`, so it
+/// serves it from the first connection after a restart, etcd or not).
+impl SiteCertSink for CertManager {
+    fn certificate(&self, host: &str, cert_pem: &str, key_pem: &str) {
+        let config = self.shared.snapshot.load().config.clone();
+        let Some(tls) = tls_of(&config).filter(|t| t.issuer == Issuer::Acme) else {
+            return;
+        };
+        let loaded = match load_pem(cert_pem.as_bytes(), key_pem.as_bytes()) {
+            Ok(c) if covers(&c, host) => c,
+            Ok(_) => {
+                tracing::error!(%host, "the site's certificate does not cover its host: ignored");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(%host, "the site's certificate is not valid: {e:#}");
+                return;
+            }
+        };
+        if self
+            .store
+            .get(host)
+            .is_some_and(|c| c.serial == loaded.serial)
+        {
+            return;
+        }
+        if let Err(e) = self.save_and_install(tls, host, cert_pem, key_pem) {
+            tracing::warn!(%host, "the site's certificate could not be cached: {e:#}");
+            self.install(host, loaded);
+        }
+    }
+
+    fn http01(&self, token: &str, key_authorization: Option<&str>) {
+        self.store
+            .set_http_challenge(token, key_authorization.map(str::to_string));
+    }
+
+    fn tls_alpn01(&self, host: &str, cert_and_key: Option<(&str, &str)>) {
+        match cert_and_key {
+            Some((cert, key)) => match acme::alpn_challenge_from_pem(cert, key) {
+                Ok(k) => self.store.set_alpn_challenge(host, Some(k)),
+                Err(e) => {
+                    tracing::error!(%host, "a tls-alpn-01 challenge of the site is not valid: {e:#}")
+                }
+            },
+            None => self.store.set_alpn_challenge(host, None),
         }
     }
 }

@@ -9,6 +9,7 @@ mod config_check;
 mod demo;
 mod errors;
 mod fleet;
+mod fleet_acme;
 mod h1_path;
 mod health;
 mod hostile;

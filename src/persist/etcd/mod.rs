@@ -30,7 +30,10 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
+mod certs;
 mod windows;
+
+pub use certs::{PemPair, SiteCertSink};
 
 use super::store::{FileStore, PersistedState, StateStore, StoreError};
 use crate::api::{HistoryEvent, InstanceStatus};
@@ -70,6 +73,8 @@ pub struct EtcdStore {
     next_endpoint: std::sync::atomic::AtomicUsize,
     /// The SLO windows of the site's other instances (see `windows`).
     windows: windows::SiteWindows,
+    /// Where the site's certificates and challenge answers go (see `certs`).
+    cert_sink: std::sync::OnceLock<Arc<dyn SiteCertSink>>,
 }
 
 impl EtcdStore {
@@ -87,6 +92,7 @@ impl EtcdStore {
             leader: AtomicBool::new(false),
             next_endpoint: std::sync::atomic::AtomicUsize::new(0),
             windows: windows::SiteWindows::default(),
+            cert_sink: std::sync::OnceLock::new(),
         }
     }
 
@@ -344,6 +350,9 @@ impl EtcdStore {
             }
             // Another instance seeded it meanwhile: read it again.
         }
+        // The site's certificates before campaigning: a new leader must know what the site
+        // holds, or it would order again what another leader already got.
+        self.read_site_certs(&mut client).await?;
         self.up.store(true, Ordering::Relaxed);
         self.campaign(&mut client).await?;
         self.register()
@@ -379,6 +388,9 @@ impl EtcdStore {
                     let mut instances_changed = false;
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
+                        if self.on_cert_event(ev) {
+                            continue;
+                        }
                         if kv.key() == state_key.as_bytes() && ev.event_type() == EventType::Put {
                             let revision = kv.mod_revision();
                             if revision <= self.applied() {

@@ -7,6 +7,7 @@
 mod backend;
 pub mod etcd;
 pub mod faulty;
+pub mod l4;
 pub mod pebble;
 mod proxy;
 mod raw;
