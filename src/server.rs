@@ -70,6 +70,9 @@ fn preflight_bind(what: &str, addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Runs until SIGTERM (graceful) or SIGINT (at once).
 pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    // Our TLS configs name their provider; the etcd client's (tonic) takes the process
+    // default, which must be chosen since rustls is built with two providers.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config = Arc::new(config);
     if let Some(a) = config.listen.http {
         preflight_bind("listen.http", a)?;

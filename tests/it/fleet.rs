@@ -868,3 +868,64 @@ async fn quorum_lost_keeps_serving_and_recovers() {
     })
     .await;
 }
+
+/// TLS to etcd with client certificates (`etcd_ca`, `etcd_cert`, `etcd_key`): etcd refuses
+/// clients without a certificate, so a site that works proves the files are used; a switch
+/// through one instance reaches the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_over_tls_with_client_certificates() {
+    bounded(Duration::from_secs(60), async {
+        let (etcd, blue, green) = tokio::join!(
+            EtcdCluster::start_tls(1),
+            Backend::start("blue"),
+            Backend::start("green")
+        );
+        let site = Site {
+            etcd,
+            prefix: format!("/switchyard/{}/", unique("tls")),
+            blue,
+            green,
+        };
+        assert!(site.etcd.endpoints_toml().contains("https://"));
+        let files = site.etcd.tls.as_ref().expect("a TLS cluster");
+        let tls_keys = format!(
+            "etcd_ca = \"{}\"\netcd_cert = \"{}\"\netcd_key = \"{}\"\n",
+            files.ca.display(),
+            files.client_cert.display(),
+            files.client_key.display()
+        );
+        let config = site.config("").replace(
+            "etcd_lease_s = 2\n",
+            &format!("etcd_lease_s = 2\n{tls_keys}"),
+        );
+        let (a, b) = tokio::join!(Proxy::start(&config), Proxy::start(&config));
+        wait_store(&a, "ok", STORE_CHANGE, "instance a over TLS").await;
+        wait_store(&b, "ok", STORE_CHANGE, "instance b over TLS").await;
+        let (code, body) = switch(&a, "green").await;
+        assert_switched(code, &body, 2, "switch over TLS");
+        wait_serves(&b, "green", PROPAGATION, "the other instance").await;
+
+        // Without the client certificate etcd refuses the instance: it reports the store
+        // unreachable (the files are really what let it in).
+        let no_cert = site.config("").replace(
+            "etcd_lease_s = 2\n",
+            &format!("etcd_lease_s = 2\netcd_ca = \"{}\"\n", files.ca.display()),
+        );
+        let c = Proxy::start(&no_cert).await;
+        let refused = poll_until(Duration::from_secs(10), || async {
+            site.etcd
+                .logs()
+                .contains("client didn't provide a certificate")
+                .then_some(())
+        })
+        .await;
+        assert!(
+            refused.is_some(),
+            "etcd never saw the instance without a certificate:\n{}",
+            site.etcd.logs()
+        );
+        let (_, h) = health(&c).await;
+        assert_eq!(h["store"], "unreachable", "no client certificate: {h}");
+    })
+    .await;
+}

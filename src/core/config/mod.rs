@@ -746,6 +746,43 @@ impl Validator<'_> {
                     }
                 }
                 let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| base.join(p.get_ref()));
+                if let Some(list) = &st.etcd_endpoints {
+                    let https = list
+                        .get_ref()
+                        .iter()
+                        .filter(|e| e.get_ref().starts_with("https://"))
+                        .count();
+                    let all = list.get_ref().len();
+                    if https > 0 && https < all {
+                        self.at(
+                            f,
+                            list,
+                            "state.etcd_endpoints",
+                            "mixes http:// and https:// endpoints: a site talks to etcd one way",
+                        );
+                    } else if https > 0 && st.etcd_ca.is_none() {
+                        self.at(f, list, "state.etcd_endpoints", "https:// endpoints need state.etcd_ca (the CA that signed etcd's certificates)");
+                    } else if https == 0 && all > 0 {
+                        if let Some(k) = st.etcd_ca.as_ref().or(st.etcd_cert.as_ref()) {
+                            self.at(
+                                f,
+                                k,
+                                "state.etcd_ca",
+                                "TLS to etcd needs https:// endpoints (they are http://)",
+                            );
+                        }
+                    }
+                }
+                if st.etcd_cert.is_some() && st.etcd_ca.is_none() {
+                    if let Some(c) = &st.etcd_cert {
+                        self.at(
+                            f,
+                            c,
+                            "state.etcd_cert",
+                            "a client certificate needs state.etcd_ca too",
+                        );
+                    }
+                }
                 if st.etcd_cert.is_some() != st.etcd_key.is_some() {
                     let span = st
                         .etcd_cert

@@ -137,3 +137,41 @@ fn trailing_dot_hosts_are_normalised() {
     let text = BASE.replace("Example.com", "Example.com.");
     assert_eq!(load(&text).unwrap().routes[0].host, "example.com");
 }
+
+#[test]
+fn etcd_tls_keys_must_match_the_endpoints() {
+    let with_state = |state: &str| format!("[state]\nstore = \"etcd\"\n{state}\n{BASE}");
+    // https:// without a CA to check etcd's certificate.
+    let e = errors(&with_state(r#"etcd_endpoints = ["https://10.0.0.1:2379"]"#));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].key, "state.etcd_endpoints");
+    assert!(e[0].to_string().contains("etcd_ca"), "{}", e[0]);
+    // A CA with http:// endpoints would silently not be used.
+    let e = errors(&with_state(
+        "etcd_endpoints = [\"http://10.0.0.1:2379\"]\netcd_ca = \"ca.pem\"",
+    ));
+    assert_eq!(e[0].key, "state.etcd_ca");
+    assert_eq!(e[0].line, 4);
+    // Mixed schemes.
+    let e = errors(&with_state(
+        "etcd_endpoints = [\"http://10.0.0.1:2379\", \"https://10.0.0.2:2379\"]\netcd_ca = \"ca.pem\"",
+    ));
+    assert!(e.iter().any(|e| e.key == "state.etcd_endpoints"), "{e:?}");
+    // A client certificate without a CA.
+    let e = errors(&with_state(
+        "etcd_endpoints = [\"https://10.0.0.1:2379\"]\netcd_cert = \"c.pem\"\netcd_key = \"c.key\"",
+    ));
+    assert!(e.iter().any(|e| e.key == "state.etcd_cert"), "{e:?}");
+    // The whole set loads, with paths relative to the config file.
+    let c = load(&with_state(
+        "etcd_endpoints = [\"https://10.0.0.1:2379\"]\netcd_ca = \"ca.pem\"\netcd_cert = \"c.pem\"\netcd_key = \"c.key\"",
+    ))
+    .unwrap();
+    match &c.store {
+        StoreConfig::Etcd(e) => {
+            assert_eq!(e.ca.as_deref(), Some(Path::new("/tmp/ca.pem")));
+            assert_eq!(e.key.as_deref(), Some(Path::new("/tmp/c.key")));
+        }
+        other => panic!("{other:?}"),
+    }
+}

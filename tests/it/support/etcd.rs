@@ -74,15 +74,97 @@ pub struct EtcdCluster {
     token: String,
     members: Vec<Member>,
     http: reqwest::Client,
+    /// Client TLS (with client certificates required) when started with `start_tls`.
+    pub tls: Option<EtcdTls>,
+}
+
+/// The files of a TLS cluster: its CA, and a client certificate it accepts.
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate.
+    fn create(dir: &Path) -> EtcdTls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            SanType,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_params(&ca, &ca_key);
+        let leaf = |server: bool| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            p.subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            p.extended_key_usages = if server {
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ]
+            } else {
+                vec![ExtendedKeyUsagePurpose::ClientAuth]
+            };
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_pem, server_key_pem) = leaf(true);
+        let (client_pem, client_key_pem) = leaf(false);
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        EtcdTls {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_pem),
+            server_key: write("server.key", &server_key_pem),
+            client_cert: write("client.pem", &client_pem),
+            client_key: write("client.key", &client_key_pem),
+        }
+    }
+
+    /// A reqwest client that trusts the CA and presents the client certificate.
+    fn http_client(&self) -> reqwest::Client {
+        let ca = std::fs::read(&self.ca).unwrap();
+        let mut identity = std::fs::read(&self.client_cert).unwrap();
+        identity.extend(std::fs::read(&self.client_key).unwrap());
+        reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .identity(reqwest::Identity::from_pem(&identity).unwrap())
+            .timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    }
 }
 
 impl EtcdCluster {
     /// Starts an `n`-member cluster and waits until every member is healthy.
     pub async fn start(n: usize) -> EtcdCluster {
+        Self::start_with(n, false).await
+    }
+
+    /// Starts an `n`-member cluster whose clients must use TLS with a client certificate
+    /// (`https://` endpoints; the files are in [`EtcdCluster::tls`]).
+    pub async fn start_tls(n: usize) -> EtcdCluster {
+        Self::start_with(n, true).await
+    }
+
+    async fn start_with(n: usize, tls: bool) -> EtcdCluster {
         assert!(n >= 1, "an etcd cluster needs a member");
         let mut last_err = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Self::spawn_new(n);
+            let mut cluster = Self::spawn_new(n, tls);
             match cluster.wait_all_healthy(READY_TIMEOUT).await {
                 Ok(()) => return cluster,
                 Err(e) => {
@@ -94,7 +176,7 @@ impl EtcdCluster {
         panic!("etcd cluster of {n} did not start:\n{last_err}");
     }
 
-    fn spawn_new(n: usize) -> EtcdCluster {
+    fn spawn_new(n: usize, tls: bool) -> EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("etcd-it-")
             .tempdir()
@@ -110,16 +192,22 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = EtcdCluster {
-            dir,
-            token: unique("switchyard-it"),
-            members,
-            http: reqwest::Client::builder()
+        let tls = tls.then(|| EtcdTls::create(dir.path()));
+        let http = match &tls {
+            Some(t) => t.http_client(),
+            None => reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(3))
                 .connect_timeout(Duration::from_secs(1))
                 .build()
                 .unwrap(),
+        };
+        let mut cluster = EtcdCluster {
+            dir,
+            token: unique("switchyard-it"),
+            members,
+            http,
+            tls,
         };
         for i in 0..n {
             cluster.spawn_member(i, "new");
@@ -144,7 +232,8 @@ impl EtcdCluster {
             "etcd member {} is already running",
             m.name
         );
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let log = File::options()
             .create(true)
@@ -176,6 +265,17 @@ impl EtcdCluster {
             .arg("100")
             .arg("--election-timeout")
             .arg("1000")
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.server_cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    t.server_key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .arg("--logger")
             .arg("zap")
             .arg("--log-outputs")
@@ -207,7 +307,8 @@ impl EtcdCluster {
     }
 
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.members[i].client_port)
     }
 
     /// The endpoints as a TOML array: `["http://…", "http://…"]`.
