@@ -239,7 +239,10 @@ impl EtcdStore {
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1));
-        if let Some(tls) = self.tls_options()? {
+        if let Some(tls) = self
+            .tls_options()
+            .map_err(etcd_client::Error::InvalidArgs)?
+        {
             opts = opts.with_tls(tls);
         }
         if let (Some(user), Some(file)) = (&self.cfg.user, &self.cfg.password_file) {
@@ -274,14 +277,12 @@ impl EtcdStore {
     /// TLS to etcd (`https://` endpoints): the CA that signed the members' certificates, and
     /// this instance's client certificate when etcd asks for one. Read at each connection,
     /// so renewed files are picked up without a restart.
-    fn tls_options(&self) -> Result<Option<etcd_client::TlsOptions>, etcd_client::Error> {
+    fn tls_options(&self) -> Result<Option<etcd_client::TlsOptions>, String> {
         let Some(ca) = &self.cfg.ca else {
             return Ok(None);
         };
-        let read = |p: &std::path::Path| {
-            std::fs::read(p)
-                .map_err(|e| etcd_client::Error::InvalidArgs(format!("{}: {e}", p.display())))
-        };
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
         let mut tls = etcd_client::TlsOptions::new()
             .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
         if let (Some(cert), Some(key)) = (&self.cfg.cert, &self.cfg.key) {
