@@ -28,6 +28,7 @@
 #   2  usage or config error: unknown service, an address releasectl does not accept, ...
 #   3  the admin API could not be reached or refused the token.
 set -euo pipefail
+shopt -s inherit_errexit # a failed $(…) inside $(…) ends the job with its exit code
 
 read -r -a CTL <<<"${RELEASECTL:-releasectl}"
 WATCH_S=${WATCH_S:-0}
@@ -68,7 +69,7 @@ field() {
 
 active_color() {
   local service=$1 json active
-  json=$(status_json)
+  json=$(status_json) || exit $?
   if ! jq -e --arg s "$service" '.services | has($s)' <<<"$json" >/dev/null; then
     say "no service \`$service\` (releasectl status lists the services)"
     exit 2
@@ -84,7 +85,7 @@ active_color() {
 idle() {
   [ $# -eq 1 ] || usage
   local active
-  active=$(active_color "$1")
+  active=$(active_color "$1") || exit $?
   case $active in
     blue) echo green ;;
     green) echo blue ;;
@@ -112,7 +113,7 @@ release() {
     say "watching $service on $color for ${WATCH_S}s (its SLO watch may roll it back)"
     local deadline=$((SECONDS + WATCH_S)) json active alarm
     while :; do
-      json=$(status_json)
+      json=$(status_json) || exit $?
       active=$(field "$service" active <<<"$json")
       alarm=$(field "$service" alarm <<<"$json")
       if [ "$active" != "$color" ]; then
