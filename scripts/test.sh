@@ -3,7 +3,8 @@
 # need when missing (cmake and protoc for the build, pebble for the ACME tests, etcd for the
 # fleet tests, which start their own members on free loopback ports: an etcd service the
 # package may start on 2379 is neither used nor in the way), checks formatting and clippy,
-# then runs the unit and integration tests with cargo-nextest (cargo test if absent).
+# then runs the unit and integration tests with cargo-nextest (cargo test if absent), and
+# validates the deploy artifacts (scripts/check-deploy.sh, which installs its own tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh cmake=cmake protoc=protobuf-compiler etcd=etcd-server pebble=pebble pebble-challtestsrv=pebble curl=curl
@@ -18,3 +19,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --no-fail-fast
 fi
+echo "== deploy artifacts"
+scripts/check-deploy.sh

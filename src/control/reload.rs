@@ -61,7 +61,16 @@ impl Controller {
             services: vec![],
             detail: json!({ "routes": resp.routes, "services": resp.services }),
         };
-        self.commit(&mut inner, next, record).await?;
+        if let Err(e) = self.commit(&mut inner, next, record).await {
+            // Valid, but not applied (e.g. the shared store refused the commit): the old
+            // config keeps serving.
+            metrics::global()
+                .config_reloads
+                .with_label_values(&["failed"])
+                .inc();
+            tracing::error!("reload not applied: {e}; the old config keeps serving");
+            return Err(e);
+        }
         if let Some(m) = self.cert_manager() {
             // Like `nginx -s reload`: certificate files (issuer "files") are read again, and
             // hosts new to the config get theirs (internal) or are ordered (acme).

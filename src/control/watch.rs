@@ -69,7 +69,8 @@ impl Watch {
 /// Why the SLO was breached.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Breach {
-    /// error_rate, p95 or p99: the `reason` label of switchyard_rollbacks_total.
+    /// error_rate, p95 or p99: the `reason` label of switchyard_rollbacks_total (and of
+    /// switchyard_rollbacks_refused_total when the previous color had no healthy backend).
     pub reason: &'static str,
     pub detail: String,
 }
@@ -302,8 +303,8 @@ impl Controller {
                         for s in &w.services {
                             alarms.insert(s.clone(), msg.clone());
                             metrics::global()
-                                .rollbacks
-                                .with_label_values(&[s, "refused_no_healthy_backend"])
+                                .rollbacks_refused
+                                .with_label_values(&[s, breach.reason])
                                 .inc();
                         }
                     } // (a std lock: never held across the await below)

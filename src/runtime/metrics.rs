@@ -1,9 +1,10 @@
 //! Prometheus metrics. Label handles are resolved once per (service, color) and kept in
 //! [`PoolMetrics`], so recording a request is a few atomic adds, not a label-map lookup.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::core::color::Color;
 use crate::core::request_head::Rejection;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -60,6 +61,9 @@ pub struct Metrics {
     pub canary_weight: IntGaugeVec,
     pub switches: IntCounterVec,
     pub rollbacks: IntCounterVec,
+    /// Rollbacks the controller asked for and refused (the previous color had no healthy
+    /// backend): nothing moved, so they are not `rollbacks`.
+    pub rollbacks_refused: IntCounterVec,
     pub backend_up: IntGaugeVec,
     pub cert_expiry: GaugeVec,
     pub acme_orders: IntCounterVec,
@@ -70,8 +74,13 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// `store = "etcd"`: the revision of the release state this instance serves.
     pub applied_revision: IntGauge,
+    /// Always 1, labelled with the version.
+    pub build_info: IntGaugeVec,
     /// Indexed like `Rejection::ALL`; resolved once, so a refusal is one atomic add.
     rejected: Vec<IntCounter>,
+    /// The services whose `active_color` / `canary_weight` series are exported, so that the
+    /// series of a service a reload removed (or made single-pool) can be deleted.
+    release_series: Mutex<BTreeSet<String>>,
     pools: Mutex<HashMap<(String, &'static str), Arc<PoolMetrics>>>,
     unrouted: OnceLock<Arc<PoolMetrics>>,
 }
@@ -170,7 +179,13 @@ impl Metrics {
             ),
             rollbacks: cv(
                 "switchyard_rollbacks_total",
-                "Rollbacks, by reason.",
+                "Automatic rollbacks that moved traffic back, by the SLO breach that caused them.",
+                &["service", "reason"],
+            ),
+            rollbacks_refused: cv(
+                "switchyard_rollbacks_refused_total",
+                "Automatic rollbacks refused because the previous color had no healthy backend \
+                 (traffic stayed where it was), by the SLO breach that asked for them.",
                 &["service", "reason"],
             ),
             backend_up: gv(
@@ -194,11 +209,18 @@ impl Metrics {
                 "ACME orders, by result.",
                 &["result"],
             ),
-            config_reloads: cv(
-                "switchyard_config_reloads_total",
-                "Config reloads, by result.",
-                &["result"],
-            ),
+            config_reloads: {
+                let v = cv(
+                    "switchyard_config_reloads_total",
+                    "Config reloads, by result (ok, refused: invalid config, failed: not applied).",
+                    &["result"],
+                );
+                // Exported from the start at 0, so that `increase()` sees the first event.
+                for result in ["ok", "refused", "failed"] {
+                    v.with_label_values(&[result]);
+                }
+                v
+            },
             rejected: {
                 let v = cv(
                     "switchyard_rejected_requests_total",
@@ -226,6 +248,18 @@ impl Metrics {
                 r.register(Box::new(g.clone())).unwrap();
                 g
             },
+            build_info: {
+                // Always 1: a series every scrape of a switchyard has, for `absent()` alerts
+                // and to see which version runs where.
+                let g = gv(
+                    "switchyard_build_info",
+                    "Always 1; the version of the running switchyard.",
+                    &["version"],
+                );
+                g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                g
+            },
+            release_series: Mutex::new(BTreeSet::new()),
             registry: r,
             pools: Mutex::new(HashMap::new()),
             unrouted: OnceLock::new(),
@@ -271,6 +305,34 @@ impl Metrics {
     pub fn backend_up(&self, service: &str, color: &str, backend: &str) -> IntGauge {
         self.backend_up
             .with_label_values(&[service, color, backend])
+    }
+
+    /// Sets `switchyard_active_color` and `switchyard_canary_weight` for every releasable
+    /// service (name, active color, canary weight), and deletes the series of services that
+    /// had them before and are gone or no longer releasable: a removed service must not
+    /// keep showing as active forever.
+    pub fn export_releases(&self, releases: &[(&str, Color, i64)]) {
+        let mut exported = self.release_series.lock().unwrap();
+        for (service, active, weight) in releases {
+            for c in Color::ALL {
+                self.active_color
+                    .with_label_values(&[service, c.as_str()])
+                    .set((c == *active) as i64);
+            }
+            self.canary_weight
+                .with_label_values(&[service])
+                .set(*weight);
+        }
+        let live: BTreeSet<String> = releases.iter().map(|(s, _, _)| s.to_string()).collect();
+        for gone in exported.difference(&live) {
+            for c in Color::ALL {
+                let _ = self
+                    .active_color
+                    .remove_label_values(&[gone.as_str(), c.as_str()]);
+            }
+            let _ = self.canary_weight.remove_label_values(&[gone.as_str()]);
+        }
+        *exported = live;
     }
 
     pub fn render(&self) -> String {

@@ -68,18 +68,16 @@ impl Snapshot {
     /// Sets the release gauges from this snapshot: called when it is published, not when it
     /// is built, so a release that fails to persist never shows in metrics.
     pub fn export_gauges(&self) {
-        let m = metrics::global();
-        for svc in &self.services {
-            let Some(r) = &svc.release else { continue };
-            for c in Color::ALL {
-                m.active_color
-                    .with_label_values(&[&svc.name, c.as_str()])
-                    .set((c == r.active) as i64);
-            }
-            m.canary_weight
-                .with_label_values(&[&svc.name])
-                .set(r.canary.as_ref().map_or(0, |c| c.weight as i64));
-        }
+        let releases: Vec<(&str, Color, i64)> = self
+            .services
+            .iter()
+            .filter_map(|svc| {
+                let r = svc.release.as_ref()?;
+                let weight = r.canary.as_ref().map_or(0, |c| c.weight as i64);
+                Some((svc.name.as_str(), r.active, weight))
+            })
+            .collect();
+        metrics::global().export_releases(&releases);
     }
 }
 
@@ -192,6 +190,7 @@ pub fn build(
                 }
                 for reason in ["error_rate", "p95", "p99"] {
                     m.rollbacks.with_label_values(&[name, reason]);
+                    m.rollbacks_refused.with_label_values(&[name, reason]);
                 }
                 (Some(release), pools)
             }

@@ -121,6 +121,10 @@ pub fn wanted_hosts(config: &Config) -> Vec<String> {
 
 impl CertManager {
     pub fn new(shared: Arc<Shared>) -> Arc<CertManager> {
+        // Exported from the start at 0, so that `increase()` sees the first order.
+        for result in ["ok", "error"] {
+            metrics::global().acme_orders.with_label_values(&[result]);
+        }
         Arc::new(CertManager {
             store: Arc::new(CertStore::default()),
             shared,

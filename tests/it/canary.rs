@@ -200,6 +200,18 @@ async fn rollbacks(proxy: &Proxy, reason: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// Rollbacks the controller refused (the previous color had no healthy backend), by the
+/// breach that asked for them.
+async fn refused_rollbacks(proxy: &Proxy, reason: &str) -> f64 {
+    metric(
+        proxy,
+        "switchyard_rollbacks_refused_total",
+        &[("service", SVC), ("reason", reason)],
+    )
+    .await
+    .unwrap_or(0.0)
+}
+
 /// Polls status until `active` of the service is `color`; returns how long it took.
 async fn wait_active(proxy: &Proxy, color: &str, timeout: Duration) -> Option<Duration> {
     let start = Instant::now();
@@ -435,8 +447,13 @@ async fn healthy_green_is_kept() {
         with_action(&events, "rollback").is_empty() && with_action(&events, "alarm").is_empty(),
         "no rollback or alarm for a healthy green: {events:#?}"
     );
-    for reason in ["error_rate", "p95", "p99", "refused_no_healthy_backend"] {
+    for reason in ["error_rate", "p95", "p99"] {
         assert_eq!(rollbacks(&proxy, reason).await, 0.0, "reason {reason}");
+        assert_eq!(
+            refused_rollbacks(&proxy, reason).await,
+            0.0,
+            "refused, reason {reason}"
+        );
     }
 }
 
@@ -941,6 +958,22 @@ async fn no_rollback_into_dead_pool_raises_alarm() {
         with_action(&events, "rollback").is_empty(),
         "no rollback into a dead pool: {events:#?}"
     );
-    assert_eq!(rollbacks(&proxy, "refused_no_healthy_backend").await, 1.0);
-    assert_eq!(rollbacks(&proxy, "error_rate").await, 0.0);
+    // A refused rollback moved nothing: it is counted apart, never as a rollback.
+    assert_eq!(refused_rollbacks(&proxy, "error_rate").await, 1.0);
+    let m = proxy.metrics().await;
+    for reason in ["error_rate", "p95", "p99"] {
+        assert_eq!(
+            metric_value(
+                &m,
+                "switchyard_rollbacks_total",
+                &[("service", SVC), ("reason", reason)]
+            ),
+            Some(0.0),
+            "switchyard_rollbacks_total{{reason={reason}}} after a refused rollback:\n{m}"
+        );
+    }
+    assert!(
+        !m.contains("refused_no_healthy_backend"),
+        "the refusal is not a reason of switchyard_rollbacks_total:\n{m}"
+    );
 }

@@ -15,6 +15,7 @@ mod health;
 mod hostile;
 mod layers;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod release;
 mod releasectl_cli;
