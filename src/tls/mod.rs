@@ -231,7 +231,33 @@ impl CertManager {
         }
         drop(m);
         self.wake.notify_one();
+        let config = self.shared.snapshot.load().config.clone();
+        if let Some(site) = tls_of(&config).and_then(|t| self.acme_site(t)).cloned() {
+            // The leader orders for the site, whichever instance was asked.
+            let hosts = out.clone();
+            tokio::spawn(async move {
+                for h in hosts {
+                    if let Err(e) = site.request_renewal(&h).await {
+                        tracing::warn!(host = %h, "cannot pass the renewal on to the site's leader: {e}");
+                    }
+                }
+            });
+        }
         out
+    }
+
+    /// Marks `host` for renewal at the next look (a request the site passed on).
+    fn force(&self, host: &str) {
+        let config = self.shared.snapshot.load().config.clone();
+        if !wanted_hosts(&config).iter().any(|h| h == host) {
+            return;
+        }
+        let mut m = self.hosts.lock().unwrap();
+        let st = m.entry(host.to_string()).or_default();
+        st.forced = true;
+        st.next_attempt = 0;
+        drop(m);
+        self.wake.notify_one();
     }
 
     /// Wakes the loop after a reload changed the hosts.
@@ -328,7 +354,14 @@ impl CertManager {
             match result {
                 Ok(()) => {
                     // A forced renewal stays asked for until it succeeds.
-                    st.forced = false;
+                    if std::mem::take(&mut st.forced) {
+                        if let Some(site) = self.acme_site(tls).cloned() {
+                            let host = host.clone();
+                            tokio::spawn(async move {
+                                let _ = site.renewal_done(&host).await;
+                            });
+                        }
+                    }
                     metrics::global()
                         .acme_orders
                         .with_label_values(&["ok"])
@@ -473,6 +506,10 @@ impl SiteCertSink for CertManager {
             },
             None => self.store.set_alpn_challenge(host, None),
         }
+    }
+
+    fn renewal_requested(&self, host: &str) {
+        self.force(host);
     }
 }
 

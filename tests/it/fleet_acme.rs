@@ -194,6 +194,56 @@ async fn site_issues_once_and_serves_everywhere(challenge: &str) {
         "validations per instance: {validations:?}"
     );
 
+    // A renewal asked through an instance that does not lead: the leader orders it, and
+    // every instance serves the new certificate.
+    let mut follower = None;
+    for p in &instances {
+        let st: serde_json::Value = p
+            .client
+            .get(format!("http://{}/v1/status", p.ports.admin))
+            .bearer_auth(p.token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let me = p.ports.admin.to_string();
+        let leads = st["instances"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|i| i["address"] == me && i["leader"] == true));
+        if !leads {
+            follower = Some(p);
+            break;
+        }
+    }
+    let follower = follower.expect("two of three instances do not lead");
+    let old = follower.cert(HOSTS[0]).await["serial"].clone();
+    let (code, body) = follower.renew(&[HOSTS[0]]).await;
+    assert_eq!(code, 200, "renew through a follower: {body}");
+    let mut renewed = Vec::new();
+    for p in &instances {
+        let e = p
+            .wait_cert(HOSTS[0], ISSUE_TIMEOUT, "the renewed certificate", |e| {
+                has_cert(e) && e["serial"] != old
+            })
+            .await;
+        renewed.push(e["serial"].clone());
+    }
+    assert!(
+        renewed.windows(2).all(|w| w[0] == w[1]),
+        "after the renewal the instances hold different certificates: {renewed:?}"
+    );
+    poll_until(Duration::from_secs(5), || async {
+        (count("ok").await > HOSTS.len() as f64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count("ok").await,
+        HOSTS.len() as f64 + 1.0,
+        "one more order for the renewal, by the leader only"
+    );
+
     // The certificate is cached beside each instance (served after a restart, etcd or not).
     for p in &instances {
         for host in HOSTS {

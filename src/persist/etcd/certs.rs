@@ -6,6 +6,8 @@
 //! - `acme/account` — the ACME account's credentials (its key included), created once.
 //! - `certs/<host>` — `{"cert": chain PEM, "key": key PEM}`, written by the leader only
 //!   (fenced on its leadership), read and served by every instance.
+//! - `acme/renew/<host>` — a renewal asked for through any instance, until the leader's
+//!   order for it succeeds.
 //! - `challenges/http-01/<token>` — the key authorization; `challenges/tls-alpn-01/<host>`
 //!   — the challenge certificate and key. Both under the leader's lease, so an order that
 //!   dies with its leader leaves nothing behind.
@@ -32,6 +34,8 @@ pub trait SiteCertSink: Send + Sync {
     fn http01(&self, token: &str, key_authorization: Option<&str>);
     /// A tls-alpn-01 challenge certificate for `host` appeared or went.
     fn tls_alpn01(&self, host: &str, cert_and_key: Option<(&str, &str)>);
+    /// Some instance asked for `host`'s certificate to be renewed now (the leader acts).
+    fn renewal_requested(&self, host: &str);
 }
 
 /// A certificate and its key, as stored.
@@ -42,6 +46,7 @@ pub struct PemPair {
 }
 
 const CERTS: &str = "certs/";
+const RENEW: &str = "acme/renew/";
 const HTTP01: &str = "challenges/http-01/";
 const ALPN: &str = "challenges/tls-alpn-01/";
 
@@ -61,8 +66,16 @@ impl EtcdStore {
             return false;
         };
         let Some(sink) = self.cert_sink.get() else {
-            return rest.starts_with(CERTS) || rest.starts_with("challenges/");
+            return rest.starts_with(CERTS)
+                || rest.starts_with("challenges/")
+                || rest.starts_with(RENEW);
         };
+        if let Some(host) = rest.strip_prefix(RENEW) {
+            if value.is_some() {
+                sink.renewal_requested(host);
+            }
+            return true;
+        }
         if let Some(host) = rest.strip_prefix(CERTS) {
             match value.map(serde_json::from_slice::<PemPair>) {
                 Some(Ok(p)) => sink.certificate(host, &p.cert, &p.key),
@@ -94,7 +107,7 @@ impl EtcdStore {
         &self,
         client: &mut Client,
     ) -> Result<(), etcd_client::Error> {
-        for prefix in [CERTS, "challenges/"] {
+        for prefix in [CERTS, "challenges/", RENEW] {
             let resp = client
                 .get(self.key(prefix), Some(GetOptions::new().with_prefix()))
                 .await?;
@@ -207,6 +220,24 @@ impl EtcdStore {
             }
             None => self.delete(&key).await,
         }
+    }
+
+    /// Asks the site's leader to renew `host` now (from any instance).
+    pub async fn request_renewal(&self, host: &str) -> Result<(), StoreError> {
+        let mut client = self.connected_soon().await?;
+        tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.put(self.key(&format!("{RENEW}{host}")), self.id.clone(), None),
+        )
+        .await
+        .map_err(|_| self.unavailable("timed out"))?
+        .map_err(|e| self.unavailable(e))?;
+        Ok(())
+    }
+
+    /// The leader renewed `host`: the request is done.
+    pub async fn renewal_done(&self, host: &str) -> Result<(), StoreError> {
+        self.delete(&format!("{RENEW}{host}")).await
     }
 
     async fn put_as_leader(

@@ -166,7 +166,7 @@ impl TlsProxy {
         )
     }
 
-    fn token(&self) -> String {
+    pub fn token(&self) -> String {
         let path = self.dir.join("state/admin.token");
         std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
