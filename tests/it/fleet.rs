@@ -84,10 +84,16 @@ green = ["{green}"]
         )
     }
 
-    /// Two instances of the site, started together.
+    /// Two instances of the site, started together, each seeing both in the registry (an
+    /// instance is ready as soon as it serves, maybe before it reached etcd).
     async fn two(&self, extra: &str) -> (Proxy, Proxy) {
         let config = self.config(extra);
-        tokio::join!(Proxy::start(&config), Proxy::start(&config))
+        let (a, b) = tokio::join!(Proxy::start(&config), Proxy::start(&config));
+        tokio::join!(
+            wait_instances(&a, 2, Duration::from_secs(10)),
+            wait_instances(&b, 2, Duration::from_secs(10))
+        );
+        (a, b)
     }
 }
 
@@ -784,18 +790,23 @@ async fn leader_rolls_back_on_errors_only_a_follower_sees() {
             "follower after the rollback",
         )
         .await;
+        // The leader records the event once it has published the rollback.
         let token = crate::support::release::token(&leader);
-        let (_, history) = admin_call(
-            &leader,
-            reqwest::Method::GET,
-            "/v1/history?limit=5",
-            Some(&token),
-            None,
-        )
+        let recorded = poll_until(Duration::from_secs(5), || async {
+            let (_, history) = admin_call(
+                &leader,
+                reqwest::Method::GET,
+                "/v1/history?limit=5",
+                Some(&token),
+                None,
+            )
+            .await;
+            history.to_string().contains("error_rate").then_some(())
+        })
         .await;
         assert!(
-            history.to_string().contains("error_rate"),
-            "the rollback names the breached error rate: {history}"
+            recorded.is_some(),
+            "no rollback event naming the breached error rate"
         );
     })
     .await;
@@ -926,6 +937,81 @@ async fn etcd_over_tls_with_client_certificates() {
         );
         let (_, h) = health(&c).await;
         assert_eq!(h["store"], "unreachable", "no client certificate: {h}");
+    })
+    .await;
+}
+
+/// An instance killed in the middle of a release it took (during the smoke checks) leaves
+/// nothing half done: the site keeps its state and the other instance takes the same
+/// release afterwards. An instance killed while another commits a release serves it once
+/// it starts again (from etcd, not from its stale cache).
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_killed_mid_release() {
+    bounded(Duration::from_secs(60), async {
+        let site = Site::start(3).await;
+        let slow = Faulty::start("green").await;
+        slow.set_delay_ms(1500);
+        let config = site
+            .config("smoke = [{ path = \"/\", expect_status = 200, timeout_ms = 5000 }]")
+            .replace(&site.green.addr.to_string(), &slow.addr.to_string());
+        let (a, b) = tokio::join!(Proxy::start(&config), Proxy::start(&config));
+        wait_instances(&a, 2, Duration::from_secs(10)).await;
+
+        // a takes a switch and is killed while its smoke check waits on green.
+        let hits = slow.hits();
+        let token = crate::support::release::token(&a);
+        let url = a.admin_url("/v1/switch");
+        let release = tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "color": "green" }))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        });
+        let smoking = poll_until(Duration::from_secs(5), || async {
+            (slow.hits() > hits).then_some(())
+        })
+        .await;
+        assert!(smoking.is_some(), "the smoke check never reached green");
+        a.signal(libc::SIGKILL);
+        let answer = release.await.unwrap();
+        assert!(answer.is_err(), "a killed instance answered: {answer:?}");
+        assert_serves(&b, "blue", 5, "the site after the half-done release").await;
+        assert_eq!(status(&b).await["services"]["app"]["active"], "blue");
+
+        // The survivor takes the same release: nothing was left locked or half-written.
+        slow.set_delay_ms(0);
+        let (code, body) = switch(&b, "green").await;
+        assert_eq!(code, 200, "switch through the survivor: {body}");
+        wait_serves(&b, "green", PROPAGATION, "survivor").await;
+
+        // a comes back on its old directory (its cache says blue) and serves green.
+        let dir = a.stop().await;
+        let a = Proxy::start_in(dir, &config).await;
+        wait_serves(&a, "green", STORE_CHANGE, "the restarted instance").await;
+
+        // Now b dies while a commits a rollback; b restarted serves the rollback.
+        b.signal(libc::SIGKILL);
+        let (code, body) = admin_call(
+            &a,
+            reqwest::Method::POST,
+            "/v1/rollback",
+            Some(&crate::support::release::token(&a)),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(code, 200, "rollback while the other instance dies: {body}");
+        let dir = b.stop().await;
+        let b = Proxy::start_in(dir, &config).await;
+        wait_serves(
+            &b,
+            "blue",
+            STORE_CHANGE,
+            "the instance killed during the rollback",
+        )
+        .await;
     })
     .await;
 }

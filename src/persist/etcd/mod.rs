@@ -35,7 +35,7 @@ mod windows;
 
 pub use certs::{PemPair, SiteCertSink};
 
-use super::store::{FileStore, PersistedState, StateStore, StoreError};
+use super::store::{FileStore, PersistedState, StateStore, StoreError, STATE_VERSION};
 use crate::api::{HistoryEvent, InstanceStatus};
 use crate::core::config::EtcdConfig;
 
@@ -167,7 +167,13 @@ impl EtcdStore {
     /// (best effort — the next apply or keep-alive round repairs a missed write).
     pub async fn set_applied(&self, state: &PersistedState, revision: i64) {
         self.applied.store(revision, Ordering::Release);
-        if let Err(e) = self.cache.save(state).await {
+        // A site seeded by an instance before the fix below carries version 0, which a
+        // restart would refuse: the cache always says which format it holds.
+        let mut cached = state.clone();
+        if cached.version == 0 {
+            cached.version = STATE_VERSION;
+        }
+        if let Err(e) = self.cache.save(&cached).await {
             tracing::warn!("local state cache: {e}");
         }
         let _ = self.register().await;
@@ -358,7 +364,10 @@ impl EtcdStore {
                 break;
             }
             // The first instance of a site seeds it with what it serves.
-            let local = self.cache.load().ok().flatten().unwrap_or_default();
+            let local = self.cache.load().ok().flatten().unwrap_or(PersistedState {
+                version: STATE_VERSION,
+                ..Default::default()
+            });
             let value = serde_json::to_vec(&local).expect("a state serialises");
             let txn = Txn::new()
                 .when([Compare::version(state_key.clone(), CompareOp::Equal, 0)])
