@@ -77,7 +77,10 @@ impl Inner {
             let label = name.to_string();
             let failures = metrics::global().dns_failures.with_label_values(&[&label]);
             let why = match result {
-                Ok(addrs) if !addrs.is_empty() => {
+                Ok(mut addrs) if !addrs.is_empty() => {
+                    // Servers rotate the order of their records: only the set matters.
+                    addrs.sort();
+                    addrs.dedup();
                     if self.failing.remove(&name) {
                         tracing::info!(name = %label, "backend name resolves again");
                     }
