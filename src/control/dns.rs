@@ -21,7 +21,7 @@ use crate::runtime::dns::Resolver;
 impl Controller {
     /// One refresh: looks every backend name up (outside the lock), then takes the results
     /// under it. Returns how long to wait before the next one (`[dns] refresh_s`).
-    pub async fn refresh_dns(&self) -> Duration {
+    async fn refresh_dns(&self) -> Duration {
         let (names, dns) = {
             let inner = self.inner.lock().await;
             (inner.names(), inner.config().dns.clone())
