@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for every test on a fresh Debian machine with Rust: installs what the tests
-# need when missing (cmake and protoc for the build, pebble for the ACME tests, etcd for the
+# need when missing (cmake and protoc for the build, pebble for the ACME tests and its
+# pebble-challtestsrv as the DNS server of the backend-name tests, etcd for the
 # fleet tests, which start their own members on free loopback ports: an etcd service the
 # package may start on 2379 is neither used nor in the way), checks formatting and clippy,
 # then runs the unit and integration tests with cargo-nextest (cargo test if absent), and

@@ -63,7 +63,12 @@ pub struct BackendsRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendStatus {
+    /// `ip:port`.
     pub addr: String,
+    /// The backend name this address was found under (`api-green:8000`); absent for a
+    /// backend written as an address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub healthy: bool,
 }
 
@@ -86,6 +91,9 @@ pub struct ServiceStatus {
     pub inflight: BTreeMap<String, i64>,
     /// Open upgraded (WebSocket) connections per color.
     pub upgraded: BTreeMap<String, i64>,
+    /// Per color: backend names that never resolved, so have no backend in `backends` yet.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unresolved: BTreeMap<String, Vec<String>>,
     /// Set when the controller raised an alarm it could not act on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alarm: Option<String>,

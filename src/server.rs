@@ -31,9 +31,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::token;
 use crate::admin::{AdminApp, Latch, Readiness};
-use crate::control::{Controller, SiteService, WatchService};
+use crate::control::{Controller, DnsService, FirstRound, SiteService, WatchService};
 use crate::core::color::Color;
-use crate::core::config::{Config, Pools};
+use crate::core::config::{BackendSpec, Config, Pools};
 use crate::demo::DemoBackend;
 use crate::edge::h1::EdgeApp;
 use crate::edge::proxy::EdgeProxy;
@@ -88,6 +88,11 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     }
     if config.tls.is_some() && config.listen.https.is_some() {
         parts.push("listen.https");
+    }
+    // Backend names: ready once they were looked up once (see `control::dns`).
+    let names = !config.names().is_empty();
+    if names {
+        parts.push("dns");
     }
     let readiness = Readiness::new(&parts);
     // `run` is handed a validated config.
@@ -164,6 +169,20 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         )));
     }
 
+    let dns_ready: Option<FirstRound> = if names {
+        let latch = readiness.latch("dns");
+        Some(Box::new(move || latch.release()))
+    } else {
+        None
+    };
+    services.push(Box::new(background_service(
+        "backend names (dns)",
+        DnsService {
+            controller: controller.clone(),
+            first_round: Mutex::new(dns_ready),
+        },
+    )));
+
     let mut admin = Service::new(
         "admin".to_string(),
         AdminApp {
@@ -205,8 +224,11 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         let Pools::Colors { blue, green } = &svc.pools else {
             bail!("the demo service `{name}` needs blue and green backends");
         };
-        for (color, addrs) in [(Color::Blue, blue), (Color::Green, green)] {
-            for addr in addrs {
+        for (color, specs) in [(Color::Blue, blue), (Color::Green, green)] {
+            for spec in specs {
+                let BackendSpec::Addr(addr) = spec else {
+                    bail!("the demo backends are ip:port addresses, not names ({spec})");
+                };
                 preflight_bind(&format!("demo {color} backend"), *addr)?;
                 let mut backend = Service::new(
                     format!("demo {color} {addr}"),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::core::config::{Config, LogFormat, DEMO_TOML};
+use switchyard::runtime::dns::Resolver;
 use switchyard::{logging, server};
 
 #[global_allocator]
@@ -23,6 +24,7 @@ enum Command {
     /// Run the proxy from a config file or directory.
     Run(RunArgs),
     /// Validate a config: exit 0, or print every error (file:line:column, key) and exit 2.
+    /// Backend names that do not resolve from here are warnings (exit 0).
     Check {
         /// A TOML file, or a directory whose *.toml files are merged.
         #[arg(long, short)]
@@ -120,13 +122,56 @@ Stop with Ctrl-C (or SIGTERM for a graceful drain).
     );
 }
 
+/// Looks up every backend name as the daemon would (`[dns]`) and prints a warning for each
+/// that does not resolve: not an error, since compose and Kubernetes names resolve only
+/// inside their own networks, and the daemon looks them up again at run time. Returns how
+/// many did not resolve.
+fn warn_unresolved(config: &Config) -> usize {
+    let names = config.backend_names();
+    if names.is_empty() {
+        return 0;
+    }
+    let list: Vec<_> = names.keys().cloned().collect();
+    let found = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(Resolver::new(&config.dns).lookup(&list)),
+        Err(e) => {
+            eprintln!("warning: backend names were not looked up: {e}");
+            return 0;
+        }
+    };
+    let mut failed = 0;
+    for (name, result) in found {
+        let why = match result {
+            Ok(addrs) if !addrs.is_empty() => continue,
+            Ok(_) => "no address".to_string(),
+            Err(e) => e,
+        };
+        failed += 1;
+        let keys = names.get(&name).map(|k| k.join("`, `")).unwrap_or_default();
+        eprintln!(
+            "warning: key `{keys}`: backend `{name}` does not resolve from here ({why}); \
+             switchyard looks it up again when it runs, every [dns] refresh_s"
+        );
+    }
+    failed
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match switchyard::persist::config_files::load(&config) {
             Ok(c) => {
+                let unresolved = warn_unresolved(&c);
+                let note = match unresolved {
+                    0 => String::new(),
+                    1 => "; 1 backend name does not resolve here".to_string(),
+                    n => format!("; {n} backend names do not resolve here"),
+                };
                 println!(
-                    "{}: ok ({} routes, {} services)",
+                    "{}: ok ({} routes, {} services{note})",
                     config.display(),
                     c.routes.len(),
                     c.services.len()

@@ -1,5 +1,9 @@
 //! `backends`: replace a color's backends of a service (an override, persisted; it wins over
-//! the config file until changed). The color serving traffic needs `force`.
+//! the config file until changed). The color serving traffic needs `force`. Backends are
+//! `ip:port` or `name:port`; a name is persisted as a name and looked up before the change
+//! is published (then every `[dns] refresh_s`, like the config's names).
+
+use std::collections::BTreeSet;
 
 use serde_json::json;
 
@@ -7,7 +11,7 @@ use super::commit::Record;
 use super::{targets, ControlError, Controller};
 use crate::api::{BackendsRequest, StatusResponse};
 use crate::core::color::Color;
-use crate::core::config::resolve_addr;
+use crate::core::config::BackendSpec;
 
 impl Controller {
     pub async fn set_backends(
@@ -24,11 +28,11 @@ impl Controller {
                 "a color needs at least one backend".into(),
             ));
         }
-        let mut addrs = Vec::new();
+        let mut specs = Vec::new();
         for a in &req.backends {
-            let addr = resolve_addr(a).map_err(ControlError::Invalid)?;
-            if !addrs.contains(&addr) {
-                addrs.push(addr);
+            let spec = BackendSpec::parse(a).map_err(ControlError::Invalid)?;
+            if !specs.contains(&spec) {
+                specs.push(spec);
             }
         }
         let release = inner.releases().get(service);
@@ -40,16 +44,24 @@ impl Controller {
                 color,
             });
         }
+        let names: BTreeSet<_> = specs
+            .iter()
+            .filter_map(BackendSpec::name)
+            .cloned()
+            .collect();
+        let dns = inner.config().dns.clone();
+        self.resolve_new(&mut inner, &names, &dns).await;
+        let backends: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
         let mut next = inner.propose();
         next.state
             .overrides
             .entry(service.to_string())
             .or_default()
-            .insert(color, addrs.iter().map(|a| a.to_string()).collect());
+            .insert(color, backends.clone());
         let record = Record {
             action: "backends",
             services: vec![service.to_string()],
-            detail: json!({ "color": color, "backends": addrs, "force": req.force }),
+            detail: json!({ "color": color, "backends": backends, "force": req.force }),
         };
         self.commit(&mut inner, next, record).await?;
         drop(inner);

@@ -14,10 +14,15 @@
 //! only be replaced here (their fields are private to this file), and the snapshot is only
 //! published here.
 //!
+//! **Names.** The addresses backend names resolved to (`Inner::resolved`) are under the same
+//! lock: a DNS refresh that finds new ones rebuilds the snapshot from the current config and
+//! state and publishes it here too ([`Controller::publish_resolved`]), so it never races a
+//! release; it writes nothing (addresses are not state) and records no event.
+//!
 //! Persisting before the swap means a failed write changes nothing (the SPEC lists swap before
 //! persist; this order keeps disk and traffic in agreement when the disk fails).
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,9 +33,10 @@ use super::watch::Watch;
 use super::{ControlError, Controller};
 use crate::api::HistoryEvent;
 use crate::core::color::Color;
-use crate::core::config::{resolve_addr, Config};
+use crate::core::config::{BackendName, BackendSpec, Config};
 use crate::core::release::{Change, Command, ReleaseState, ServiceRelease};
 use crate::persist::store::PersistedState;
+use crate::runtime::dns::{Found, Resolved};
 use crate::runtime::metrics;
 use crate::runtime::snapshot::{self, Overrides, Snapshot};
 
@@ -43,6 +49,10 @@ pub(super) struct Inner {
     /// Set by the watch while it acts as the site's leader (canary steps, rollbacks): its
     /// commits are fenced on the leadership (`StateStore::save_as_leader`).
     pub(super) leader_acting: bool,
+    /// What the backend names of the config and the overrides resolved to last.
+    resolved: Resolved,
+    /// Names whose last lookup failed: their next failures are logged at debug level only.
+    failing: BTreeSet<BackendName>,
 }
 
 impl Inner {
@@ -52,7 +62,75 @@ impl Inner {
             state,
             watches,
             leader_acting: false,
+            resolved: Resolved::new(),
+            failing: BTreeSet::new(),
         }
+    }
+
+    /// Takes what lookups of backend names found; true when a name's addresses changed. A
+    /// name that resolved gets its new addresses; one whose lookup failed or found nothing
+    /// keeps its last ones (none if it never resolved) and counts in
+    /// `switchyard_dns_failures_total{name}`.
+    pub(super) fn take_found(&mut self, found: Vec<(BackendName, Found)>) -> bool {
+        let mut changed = false;
+        for (name, result) in found {
+            let label = name.to_string();
+            let failures = metrics::global().dns_failures.with_label_values(&[&label]);
+            let why = match result {
+                Ok(mut addrs) if !addrs.is_empty() => {
+                    // Servers rotate the order of their records: only the set matters.
+                    addrs.sort();
+                    addrs.dedup();
+                    if self.failing.remove(&name) {
+                        tracing::info!(name = %label, "backend name resolves again");
+                    }
+                    if self.resolved.get(&name) != Some(&addrs) {
+                        tracing::info!(name = %label, addresses = %list(&addrs), "backend name resolved");
+                        self.resolved.insert(name, addrs);
+                        changed = true;
+                    }
+                    continue;
+                }
+                Ok(_) => "no address".to_string(),
+                Err(e) => e,
+            };
+            failures.inc();
+            let first = self.failing.insert(name.clone());
+            match self.resolved.get(&name) {
+                Some(last) if first => {
+                    tracing::warn!(name = %label, error = %why, keeping = %list(last), "backend name lookup failed: keeping its last addresses")
+                }
+                None if first => tracing::warn!(
+                    name = %label,
+                    error = %why,
+                    "backend name does not resolve: no backend from it until it does (looked up again every [dns] refresh_s)"
+                ),
+                _ => {
+                    tracing::debug!(name = %label, error = %why, "backend name lookup failed again")
+                }
+            }
+        }
+        changed
+    }
+
+    /// Every backend name of the config and of the backend overrides.
+    pub(super) fn names(&self) -> BTreeSet<BackendName> {
+        names_of(&self.config, &self.state)
+    }
+
+    /// Every backend name of `config` (one about to replace the current one) and of the
+    /// backend overrides.
+    pub(super) fn names_with(&self, config: &Config) -> BTreeSet<BackendName> {
+        names_of(config, &self.state)
+    }
+
+    /// The names of `names` that never resolved.
+    pub(super) fn unresolved(&self, names: &BTreeSet<BackendName>) -> Vec<BackendName> {
+        names
+            .iter()
+            .filter(|n| !self.resolved.contains_key(*n))
+            .cloned()
+            .collect()
     }
 
     pub(super) fn config(&self) -> &Arc<Config> {
@@ -110,7 +188,7 @@ impl Controller {
         next: Proposal,
         record: Record,
     ) -> Result<(), ControlError> {
-        let snap = self.build(next.config.clone(), &next.state)?;
+        let snap = self.build(next.config.clone(), &next.state, &inner.resolved)?;
         if next.state != inner.state {
             let saved = if inner.leader_acting {
                 self.store.save_as_leader(&next.state).await
@@ -132,6 +210,8 @@ impl Controller {
         self.shared.publish(snap);
         inner.config = next.config;
         inner.state = next.state;
+        let used = inner.names();
+        inner.resolved.retain(|n, _| used.contains(n));
         for c in &next.changes {
             metrics::global()
                 .switches
@@ -160,7 +240,7 @@ impl Controller {
         if state == inner.state {
             return Ok(());
         }
-        let snap = self.build(inner.config.clone(), &state)?;
+        let snap = self.build(inner.config.clone(), &state, &inner.resolved)?;
         self.mark_draining(&inner.state.releases, &state.releases, &inner.config);
         self.shared.publish(snap);
         let before = std::mem::replace(&mut inner.state, state);
@@ -219,13 +299,40 @@ impl Controller {
         Ok(changes)
     }
 
+    /// Takes what a refresh of every backend name found (see [`Inner::take_found`]) and
+    /// forgets the names neither the config nor an override uses any more. When a name's
+    /// addresses changed, the snapshot of the current config and state is rebuilt and
+    /// published: new addresses join their pools, gone ones leave them (requests already on
+    /// them finish: they hold the snapshot they started with).
+    pub(super) fn publish_resolved(&self, inner: &mut Inner, found: Vec<(BackendName, Found)>) {
+        let mut changed = inner.take_found(found);
+        let used = inner.names();
+        let before = inner.resolved.len();
+        inner.resolved.retain(|n, _| used.contains(n));
+        inner.failing.retain(|n| used.contains(n));
+        changed |= inner.resolved.len() != before;
+        if !changed {
+            return;
+        }
+        match self.build(inner.config.clone(), &inner.state, &inner.resolved) {
+            Ok(snap) => self.shared.publish(snap),
+            Err(e) => tracing::error!("cannot rebuild the routing table after a lookup: {e}"),
+        }
+    }
+
     /// Builds the snapshot of a config and state aside (nothing is published).
-    fn build(&self, config: Arc<Config>, state: &PersistedState) -> Result<Snapshot, ControlError> {
+    fn build(
+        &self,
+        config: Arc<Config>,
+        state: &PersistedState,
+        resolved: &Resolved,
+    ) -> Result<Snapshot, ControlError> {
         let overrides = parse_overrides(state).map_err(ControlError::Invalid)?;
         Ok(snapshot::build(
             config,
             &state.releases,
             &overrides,
+            resolved,
             &self.shared.retained,
         ))
     }
@@ -269,15 +376,40 @@ impl Controller {
     }
 }
 
-/// The backend overrides of a state, resolved.
+/// Every backend name of a config and of a state's backend overrides (of the config's
+/// releasable services: the others are not used).
+pub(super) fn names_of(config: &Config, state: &PersistedState) -> BTreeSet<BackendName> {
+    let mut names = config.names();
+    if let Ok(overrides) = parse_overrides(state) {
+        for (service, colors) in &overrides {
+            if !config.service(service).is_some_and(|s| s.releasable()) {
+                continue;
+            }
+            for specs in colors.values() {
+                names.extend(specs.iter().filter_map(BackendSpec::name).cloned());
+            }
+        }
+    }
+    names
+}
+
+fn list(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The backend overrides of a state, parsed (names stay names).
 pub(super) fn parse_overrides(state: &PersistedState) -> Result<Overrides, String> {
     let mut out = Overrides::new();
     for (service, colors) in &state.overrides {
         for (color, addrs) in colors {
             let parsed = addrs
                 .iter()
-                .map(|a| resolve_addr(a))
-                .collect::<Result<Vec<SocketAddr>, String>>()
+                .map(|a| BackendSpec::parse(a))
+                .collect::<Result<Vec<BackendSpec>, String>>()
                 .map_err(|e| format!("override of {service} {color}: {e}"))?;
             out.entry(service.clone())
                 .or_default()

@@ -8,6 +8,7 @@
 //!   no state).
 //! - `status` — the reads: status and history, lock-free.
 //! - `smoke` — the smoke checks; `watch` — the SLO watch and the canary driver.
+//! - `dns` — looking backend names up again every `[dns] refresh_s`.
 //! - `error` — [`ControlError`], the one error type; `admin` maps it to HTTP statuses.
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ mod backends;
 mod canary;
 mod certs;
 mod commit;
+mod dns;
 mod error;
 mod release;
 mod reload;
@@ -25,6 +27,7 @@ mod smoke;
 mod status;
 mod watch;
 
+pub use dns::{DnsService, FirstRound};
 pub use error::ControlError;
 pub use site::SiteService;
 pub use watch::WatchService;
@@ -100,7 +103,15 @@ impl Controller {
         let overrides = commit::parse_overrides(&state)
             .map_err(|e| ControlError::Invalid(format!("{}: {e}", store.location())))?;
         let retained = Retained::default();
-        let snap = snapshot::build(config.clone(), &state.releases, &overrides, &retained);
+        // Backend names have not been looked up yet: their pools start empty, and the DNS
+        // service's first round (before readiness) fills them.
+        let snap = snapshot::build(
+            config.clone(),
+            &state.releases,
+            &overrides,
+            &Default::default(),
+            &retained,
+        );
         let shared = Shared::new(snap, retained);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

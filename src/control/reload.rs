@@ -54,6 +54,10 @@ impl Controller {
             routes: config.routes.len(),
             services: config.services.len(),
         };
+        // New backend names are looked up before the new config is published, so its pools
+        // hold them from the first request.
+        let names = inner.names_with(&config);
+        self.resolve_new(&mut inner, &names, &config.dns).await;
         let mut next = inner.propose();
         next.config = config.clone();
         let record = Record {

@@ -32,6 +32,11 @@ impl Controller {
         if committed.revision <= site.applied() {
             return;
         }
+        // Backend names new to this instance (another instance's `backends` command) are
+        // looked up first, so the state is served with them.
+        let names = super::commit::names_of(inner.config(), &committed.state);
+        let dns = inner.config().dns.clone();
+        self.resolve_new(&mut inner, &names, &dns).await;
         match self.publish_committed(&mut inner, committed.state.clone()) {
             Ok(()) => {
                 site.set_applied(&committed.state, committed.revision).await;

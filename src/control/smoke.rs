@@ -24,7 +24,9 @@ impl Controller {
     }
 
     /// Smoke checks of `color` for `services` against the published snapshot's backends,
-    /// plus a failure for a pool whose health checks find no healthy backend.
+    /// plus a failure for a pool whose health checks find no healthy backend, and one for
+    /// each backend name of the pool that never resolved (a pool may have no backend at all
+    /// then).
     pub(super) async fn run_smoke(&self, services: &[String], color: Color) -> Vec<SmokeResult> {
         let snap = self.shared.snapshot.load_full();
         let mut targets = Vec::new();
@@ -48,11 +50,22 @@ impl Controller {
                     });
                 }
             }
+            let check_path = svc.config.smoke.first().map_or("/", |c| c.path.as_str());
+            for unresolved in &pool.unresolved {
+                results.push(SmokeResult {
+                    service: name.clone(),
+                    backend: unresolved.clone(),
+                    path: check_path.to_string(),
+                    expected: "the name resolves to at least one address".into(),
+                    got: "no address yet (see switchyard_dns_failures_total)".into(),
+                    ok: false,
+                });
+            }
             targets.push(Target {
                 service: &svc.name,
                 host: &svc.check_host,
                 checks: &svc.config.smoke,
-                backends: pool.backends.iter().map(|b| b.addr).collect(),
+                backends: pool.backends.iter().map(|b| (b.addr, b.label())).collect(),
             });
         }
         results.extend(run(&self.client, &targets).await);
@@ -67,15 +80,16 @@ struct Target<'a> {
     service: &'a str,
     host: &'a str,
     checks: &'a [SmokeCheck],
-    backends: Vec<SocketAddr>,
+    /// Each backend's address and how results name it.
+    backends: Vec<(SocketAddr, String)>,
 }
 
 async fn run(client: &reqwest::Client, targets: &[Target<'_>]) -> Vec<SmokeResult> {
     let mut jobs = Vec::new();
     for t in targets {
         for check in t.checks {
-            for backend in &t.backends {
-                jobs.push(one(client, t.service, t.host, check, *backend));
+            for (addr, label) in &t.backends {
+                jobs.push(one(client, t.service, t.host, check, *addr, label));
             }
         }
     }
@@ -88,6 +102,7 @@ async fn one(
     host: &str,
     check: &SmokeCheck,
     backend: SocketAddr,
+    label: &str,
 ) -> SmokeResult {
     let mut expected = format!("status {}", check.expect_status);
     if let Some(s) = &check.body_contains {
@@ -136,7 +151,7 @@ async fn one(
     };
     SmokeResult {
         service: service.to_string(),
-        backend: backend.to_string(),
+        backend: label.to_string(),
         path: check.path.clone(),
         expected,
         got,

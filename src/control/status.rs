@@ -51,6 +51,7 @@ fn status_of(snap: &Snapshot) -> StatusResponse {
         let mut backends = BTreeMap::new();
         let mut inflight = BTreeMap::new();
         let mut upgraded = BTreeMap::new();
+        let mut unresolved = BTreeMap::new();
         for pool in &svc.pools {
             let label = pool.color_label.to_string();
             backends.insert(
@@ -59,6 +60,7 @@ fn status_of(snap: &Snapshot) -> StatusResponse {
                     .iter()
                     .map(|b| BackendStatus {
                         addr: b.addr_text.clone(),
+                        name: b.name.clone(),
                         healthy: b.is_healthy(),
                     })
                     .collect(),
@@ -67,6 +69,9 @@ fn status_of(snap: &Snapshot) -> StatusResponse {
                 label.clone(),
                 pool.load.inflight.load(Ordering::Relaxed).max(0),
             );
+            if !pool.unresolved.is_empty() {
+                unresolved.insert(label.clone(), pool.unresolved.clone());
+            }
             upgraded.insert(label, pool.load.upgraded.load(Ordering::Relaxed).max(0));
         }
         let r = svc.release.as_ref();
@@ -85,6 +90,7 @@ fn status_of(snap: &Snapshot) -> StatusResponse {
                 backends,
                 inflight,
                 upgraded,
+                unresolved,
                 alarm: None,
             },
         );

@@ -450,3 +450,142 @@ async fn the_dry_run_smoke_does_not_take_the_commit_lock() {
     assert!(!resp.passed);
     assert_eq!(resp.results.len(), 1);
 }
+
+/// `web` with green given by name; nothing looks it up unless a test does.
+const NAMED: &str = r#"
+[listen]
+http = "127.0.0.1:18080"
+
+[[route]]
+host = "web.test"
+service = "web"
+
+[service.web]
+blue = ["127.0.0.1:1"]
+green = ["api-green.invalid:8000"]
+smoke = [{ path = "/health", expect_status = 200, timeout_ms = 2000 }]
+"#;
+
+fn api_green() -> crate::core::config::BackendName {
+    crate::core::config::BackendName {
+        host: "api-green.invalid".into(),
+        port: 8000,
+    }
+}
+
+/// Hands `found` for `api-green.invalid:8000` to the controller, as a DNS refresh would.
+async fn refreshed(f: &Fixture, found: crate::runtime::dns::Found) {
+    let mut inner = f.controller.inner.lock().await;
+    f.controller
+        .publish_resolved(&mut inner, vec![(api_green(), found)]);
+}
+
+fn sockets(list: &[&str]) -> Vec<std::net::SocketAddr> {
+    list.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+fn dns_failures() -> u64 {
+    crate::runtime::metrics::global()
+        .dns_failures
+        .with_label_values(&["api-green.invalid:8000"])
+        .get()
+}
+
+#[tokio::test]
+async fn a_name_never_resolved_leaves_its_pool_empty_and_fails_the_smoke_checks() {
+    let f = Fixture::with(NAMED, MemoryStore::default());
+    let st = f.controller.status();
+    let web = &st.services["web"];
+    assert!(web.backends["green"].is_empty(), "{web:?}");
+    assert_eq!(web.unresolved["green"], ["api-green.invalid:8000"]);
+    let err = f
+        .controller
+        .switch(switch(Color::Green, false))
+        .await
+        .unwrap_err();
+    let ControlError::Refused { failures, .. } = err else {
+        panic!("not refused: {err:?}");
+    };
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].backend, "api-green.invalid:8000");
+    assert!(failures[0].expected.contains("resolves"), "{failures:?}");
+    assert_eq!(active(&f), Some(Color::Blue));
+}
+
+#[tokio::test]
+async fn a_refresh_publishes_new_addresses_keeps_health_and_survives_failures() {
+    let f = Fixture::with(NAMED, MemoryStore::default());
+    refreshed(&f, Ok(sockets(&["127.0.0.2:8000"]))).await;
+    let web = &f.controller.status().services["web"];
+    assert_eq!(web.backends["green"].len(), 1);
+    assert_eq!(web.backends["green"][0].addr, "127.0.0.2:8000");
+    assert_eq!(
+        web.backends["green"][0].name.as_deref(),
+        Some("api-green.invalid:8000")
+    );
+    assert!(web.unresolved.is_empty(), "{web:?}");
+
+    // Health of an address that stays carries over a refresh that adds one.
+    let first = f.controller.shared.snapshot.load().services[0].pools[1].backends[0].clone();
+    first.record_check(false, 1, 1);
+    refreshed(&f, Ok(sockets(&["127.0.0.3:8000", "127.0.0.2:8000"]))).await;
+    let snap = f.controller.shared.snapshot.load_full();
+    let green = &snap.services[0].pools[1];
+    let by_addr = |a: &str| {
+        green
+            .backends
+            .iter()
+            .find(|b| b.addr_text == a)
+            .unwrap_or_else(|| panic!("{a} not in the pool"))
+            .clone()
+    };
+    assert!(std::sync::Arc::ptr_eq(&by_addr("127.0.0.2:8000"), &first));
+    assert!(!by_addr("127.0.0.2:8000").is_healthy());
+    assert!(by_addr("127.0.0.3:8000").is_healthy());
+
+    // A failed lookup, or one that finds nothing, keeps the last addresses and publishes
+    // nothing new; each counts.
+    let before = dns_failures();
+    refreshed(&f, Err("NXDOMAIN".into())).await;
+    refreshed(&f, Ok(Vec::new())).await;
+    assert_eq!(dns_failures(), before + 2);
+    assert!(std::sync::Arc::ptr_eq(
+        &f.controller.shared.snapshot.load_full(),
+        &snap
+    ));
+    assert_eq!(addrs(&f, "green"), ["127.0.0.2:8000", "127.0.0.3:8000"]);
+
+    // A vanished address leaves the pool; a request still on it holds the old pool.
+    refreshed(&f, Ok(sockets(&["127.0.0.3:8000"]))).await;
+    assert_eq!(addrs(&f, "green"), ["127.0.0.3:8000"]);
+    assert_eq!(green.backends.len(), 2, "the old snapshot is untouched");
+}
+
+#[tokio::test]
+async fn backends_accepts_names_and_looks_them_up_before_publishing() {
+    let f = Fixture::new();
+    f.controller
+        .set_backends(
+            "web",
+            "green",
+            backends(&["localhost:9", "127.0.0.1:7"], false),
+        )
+        .await
+        .unwrap();
+    // `localhost` comes from /etc/hosts, through the system's resolver.
+    let web = &f.controller.status().services["web"];
+    let green: Vec<(String, Option<String>)> = web.backends["green"]
+        .iter()
+        .map(|b| (b.addr.clone(), b.name.clone()))
+        .collect();
+    assert!(
+        green.contains(&("127.0.0.1:9".into(), Some("localhost:9".into()))),
+        "{green:?}"
+    );
+    assert!(green.contains(&("127.0.0.1:7".into(), None)), "{green:?}");
+    let saved = f.store.state().unwrap();
+    assert_eq!(
+        saved.overrides["web"][&Color::Green],
+        ["localhost:9", "127.0.0.1:7"]
+    );
+}

@@ -1,6 +1,7 @@
 //! Reads config files for `core::config`, which validates them without I/O: a TOML file, or
 //! every `*.toml` file of a directory (sorted by name), with the paths made absolute.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use crate::core::config::{Config, ConfigError, ConfigErrors};
@@ -48,7 +49,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         })?;
         sources.push((f, text));
     }
-    Config::from_sources(&absolute(path), &absolute(&base_dir), &sources)
+    Config::from_sources(
+        &absolute(path),
+        &absolute(&base_dir),
+        &sources,
+        &lookup_listen,
+    )
+}
+
+/// A listen address given as `name:port`: the system's lookup (`/etc/hosts`, then DNS), its
+/// first address. A listener binds once, at start, so this happens once too. Backend names
+/// are not looked up here (see `runtime::dns`).
+fn lookup_listen(s: &str) -> Result<SocketAddr, String> {
+    match s.to_socket_addrs() {
+        Ok(mut found) => found
+            .next()
+            .ok_or_else(|| format!("`{s}` resolves to no address")),
+        Err(e) => Err(format!("`{s}` cannot be resolved: {e}")),
+    }
 }
 
 /// `p` against the working directory, symlinks resolved where possible.

@@ -87,9 +87,9 @@ impl BackgroundService for HealthChecker {
                             backend.checking.store(false, Ordering::Release);
                             if let Some(up) = backend.record_check(ok, hc.fall, hc.rise) {
                                 if up {
-                                    tracing::info!(%service, color, backend = %backend.addr, "backend is healthy again");
+                                    tracing::info!(%service, color, backend = %backend.label(), "backend is healthy again");
                                 } else {
-                                    tracing::warn!(%service, color, backend = %backend.addr, path = %hc.path, "backend failed its health checks: out of rotation");
+                                    tracing::warn!(%service, color, backend = %backend.label(), path = %hc.path, "backend failed its health checks: out of rotation");
                                 }
                             }
                         });

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub cert_expiry: GaugeVec,
     pub acme_orders: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// Backend name lookups that failed or found no address, by name (`api:8000`).
+    pub dns_failures: IntCounterVec,
     /// `store = "etcd"`: 1 while etcd answers.
     pub store_up: IntGauge,
     /// `store = "etcd"`: 1 on the site's leader.
@@ -221,6 +223,11 @@ impl Metrics {
                 }
                 v
             },
+            dns_failures: cv(
+                "switchyard_dns_failures_total",
+                "Lookups of a backend name that failed or found no address (the last addresses are kept).",
+                &["name"],
+            ),
             rejected: {
                 let v = cv(
                     "switchyard_rejected_requests_total",

@@ -1,6 +1,7 @@
 //! What the request path reads at run time: the routing snapshot (swapped whole with
 //! arc-swap), backend pools and their health checks, and the metrics handles.
 
+pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod pool;

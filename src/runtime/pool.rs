@@ -9,10 +9,13 @@ use prometheus::IntGauge;
 use crate::runtime::metrics::PoolMetrics;
 
 /// One backend address and its health, shared by every snapshot that lists it so health
-/// survives reloads and switches.
+/// survives reloads, switches and DNS refreshes.
 pub struct Backend {
     pub addr: SocketAddr,
     pub addr_text: String,
+    /// The name this address was found under (`api-green:8000`); `None` for an address
+    /// written as one.
+    pub name: Option<String>,
     healthy: AtomicBool,
     fails: AtomicU32,
     oks: AtomicU32,
@@ -22,16 +25,26 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr, up: IntGauge) -> Backend {
+    pub fn new(addr: SocketAddr, name: Option<String>, up: IntGauge) -> Backend {
         up.set(1);
         Backend {
             addr,
             addr_text: addr.to_string(),
+            name,
             healthy: AtomicBool::new(true),
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
             checking: AtomicBool::new(false),
             up,
+        }
+    }
+
+    /// `127.0.0.2:8000`, or `api-green:8000 (127.0.0.2:8000)` for an address found by name:
+    /// for logs and smoke check results.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({})", self.addr_text),
+            None => self.addr_text.clone(),
         }
     }
 
@@ -98,6 +111,8 @@ pub struct Pool {
     /// "blue", "green", or [`crate::runtime::metrics::NO_COLOR`].
     pub color_label: &'static str,
     pub backends: Vec<Arc<Backend>>,
+    /// Backend names of this pool that never resolved (so have no backend here yet).
+    pub unresolved: Vec<String>,
     rr: AtomicUsize,
     pub metrics: Arc<PoolMetrics>,
     pub load: Arc<PoolLoad>,
@@ -113,6 +128,7 @@ impl Pool {
         Pool {
             color_label,
             backends,
+            unresolved: Vec::new(),
             rr: AtomicUsize::new(0),
             metrics,
             load,
@@ -156,6 +172,7 @@ mod tests {
                 let addr: SocketAddr = format!("127.0.0.1:{}", 10000 + i).parse().unwrap();
                 Arc::new(Backend::new(
                     addr,
+                    None,
                     m.backend_up("t", "blue", &addr.to_string()),
                 ))
             })

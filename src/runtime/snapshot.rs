@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::core::color::Color;
-use crate::core::config::{Config, Pools, ServiceConfig};
+use crate::core::config::{BackendSpec, Config, Pools, ServiceConfig};
 use crate::core::release::{ReleaseState, ServiceRelease};
 use crate::core::routing::RouteTable;
+use crate::runtime::dns::Resolved;
 use crate::runtime::metrics::{self, NO_COLOR};
 use crate::runtime::pool::{Backend, Pool, PoolLoad};
 
@@ -88,9 +89,13 @@ pub struct Retained {
     inner: Mutex<RetainedInner>,
 }
 
+/// A backend's identity across snapshots: service, color, the name it was found under (if
+/// any) and its address.
+type BackendKey = (String, &'static str, Option<String>, SocketAddr);
+
 #[derive(Default)]
 struct RetainedInner {
-    backends: HashMap<(String, &'static str, SocketAddr), Arc<Backend>>,
+    backends: HashMap<BackendKey, Arc<Backend>>,
     loads: HashMap<(String, &'static str), Arc<PoolLoad>>,
 }
 
@@ -112,13 +117,19 @@ impl Retained {
             .sum()
     }
 
-    fn backend(&self, service: &str, color: &'static str, addr: SocketAddr) -> Arc<Backend> {
+    fn backend(
+        &self,
+        service: &str,
+        color: &'static str,
+        name: Option<String>,
+        addr: SocketAddr,
+    ) -> Arc<Backend> {
         let mut g = self.inner.lock().unwrap();
         g.backends
-            .entry((service.to_string(), color, addr))
+            .entry((service.to_string(), color, name.clone(), addr))
             .or_insert_with(|| {
                 let up = metrics::global().backend_up(service, color, &addr.to_string());
-                Arc::new(Backend::new(addr, up))
+                Arc::new(Backend::new(addr, name, up))
             })
             .clone()
     }
@@ -126,56 +137,91 @@ impl Retained {
     /// Forgets backends no snapshot lists any more (and their `backend_up` series).
     fn prune(&self, live: &[Arc<ServiceRuntime>]) {
         let mut g = self.inner.lock().unwrap();
-        g.backends.retain(|(service, color, addr), _| {
+        let mut removed = Vec::new();
+        g.backends.retain(|(service, color, name, addr), _| {
             let keep = live.iter().any(|s| {
                 s.name == *service
                     && s.pools.iter().any(|p| {
-                        p.color_label == *color && p.backends.iter().any(|b| b.addr == *addr)
+                        p.color_label == *color
+                            && p.backends
+                                .iter()
+                                .any(|b| b.addr == *addr && b.name == *name)
                     })
             });
             if !keep {
+                removed.push((service.clone(), *color, *addr));
+            }
+            keep
+        });
+        // `backend_up` is per address: its series goes once no backend of that address is
+        // left in the pool (an address may move from one name to another).
+        for (service, color, addr) in removed {
+            let still = g
+                .backends
+                .keys()
+                .any(|(s, c, _, a)| *s == service && *c == color && *a == addr);
+            if !still {
                 let _ = metrics::global().backend_up.remove_label_values(&[
                     service.as_str(),
                     color,
                     &addr.to_string(),
                 ]);
             }
-            keep
-        });
+        }
     }
 }
 
 /// Backend lists set at runtime (`releasectl backends`), overriding the config's.
-pub type Overrides = BTreeMap<String, BTreeMap<Color, Vec<SocketAddr>>>;
+pub type Overrides = BTreeMap<String, BTreeMap<Color, Vec<BackendSpec>>>;
 
-/// Builds a snapshot from a config, the release state of each releasable service and the
-/// backend overrides.
+/// Builds a snapshot from a config, the release state of each releasable service, the
+/// backend overrides and the addresses backend names resolved to.
 pub fn build(
     config: Arc<Config>,
     releases: &ReleaseState,
     overrides: &Overrides,
+    resolved: &Resolved,
     retained: &Retained,
 ) -> Snapshot {
     let m = metrics::global();
     let mut services = Vec::with_capacity(config.services.len());
     for (name, sc) in &config.services {
-        let make_pool = |label: &'static str, addrs: &[SocketAddr]| {
-            let backends = addrs
-                .iter()
-                .map(|a| retained.backend(name, label, *a))
-                .collect();
+        let make_pool = |label: &'static str, specs: &[BackendSpec]| {
+            let mut backends: Vec<Arc<Backend>> = Vec::new();
+            let mut unresolved = Vec::new();
+            let mut add = |spec_name: Option<String>, addr: SocketAddr| {
+                // An address listed twice (by two names, say) is one backend of the pool.
+                if !backends.iter().any(|b| b.addr == addr) {
+                    backends.push(retained.backend(name, label, spec_name, addr));
+                }
+            };
+            for spec in specs {
+                match spec {
+                    BackendSpec::Addr(a) => add(None, *a),
+                    BackendSpec::Name(n) => match resolved.get(n) {
+                        Some(addrs) => {
+                            for a in addrs {
+                                add(Some(n.to_string()), *a);
+                            }
+                        }
+                        None => unresolved.push(n.to_string()),
+                    },
+                }
+            }
             let load = retained.load(name, label);
             if sc.slo.is_some() {
                 load.slo.get_or_init(Default::default);
             }
-            Arc::new(Pool::new(label, backends, m.pool(name, label), load))
+            let mut pool = Pool::new(label, backends, m.pool(name, label), load);
+            pool.unresolved = unresolved;
+            Arc::new(pool)
         };
         let (release, pools) = match &sc.pools {
             Pools::Single(addrs) => (None, vec![make_pool(NO_COLOR, addrs)]),
             Pools::Colors { blue, green } => {
                 let release = releases.get(name);
                 let over = overrides.get(name);
-                let pick = |c: Color, from_config: &Vec<SocketAddr>| {
+                let pick = |c: Color, from_config: &Vec<BackendSpec>| {
                     over.and_then(|o| o.get(&c))
                         .cloned()
                         .unwrap_or_else(|| from_config.clone())

@@ -7,6 +7,7 @@ mod admin;
 mod canary;
 mod config_check;
 mod demo;
+mod dns;
 mod errors;
 mod fleet;
 mod fleet_acme;

@@ -114,7 +114,8 @@ pub struct BackendsArgs {
     /// blue or green.
     #[arg(value_name = "COLOR")]
     pub color: Color,
-    /// host:port of each backend.
+    /// ip:port or name:port of each backend (a name stands for every address it resolves
+    /// to, looked up again every [dns] refresh_s).
     #[arg(required = true, value_name = "ADDR")]
     pub addrs: Vec<String>,
     /// The service whose backends these are.

@@ -108,10 +108,19 @@ pub fn status(w: &mut dyn Write, s: &StatusResponse) -> io::Result<()> {
             .backends
             .iter()
             .map(|(color, list)| {
-                let b: Vec<String> = list
+                let mut b: Vec<String> = list
                     .iter()
-                    .map(|b| format!("{}{}", b.addr, if b.healthy { "" } else { " (down)" }))
+                    .map(|b| {
+                        let down = if b.healthy { "" } else { " (down)" };
+                        match &b.name {
+                            Some(name) => format!("{name} ({}){down}", b.addr),
+                            None => format!("{}{down}", b.addr),
+                        }
+                    })
                     .collect();
+                if let Some(names) = svc.unresolved.get(color) {
+                    b.extend(names.iter().map(|n| format!("{n} (unresolved)")));
+                }
                 if svc.releasable {
                     format!("{color}: {}", b.join(", "))
                 } else {
@@ -303,6 +312,29 @@ SERVICE  ACTIVE  PREVIOUS  CANARY  BACKENDS                                     
 grafana  -       -         -       127.0.0.1:3000 (down)                        0
 web      green   blue      -       blue: 127.0.0.1:9101; green: 127.0.0.1:9102  blue 0, green 3 (1 ws)
 "
+        );
+    }
+
+    #[test]
+    fn backends_found_by_name_show_the_name_and_the_address() {
+        let s: StatusResponse = serde_json::from_str(
+            r#"{"services": {
+              "api": {"releasable": true, "active": "blue", "previous": null, "canary": null,
+                "backends": {"blue": [{"addr": "127.0.0.2:8000", "name": "api-blue:8000", "healthy": true},
+                                      {"addr": "127.0.0.3:8000", "name": "api-blue:8000", "healthy": false}],
+                             "green": []},
+                "unresolved": {"green": ["api-green:8000"]},
+                "inflight": {"blue": 0, "green": 0}, "upgraded": {}}
+            }}"#,
+        )
+        .unwrap();
+        let t = text(|w| status(w, &s));
+        assert!(
+            t.contains(
+                "blue: api-blue:8000 (127.0.0.2:8000), api-blue:8000 (127.0.0.3:8000) (down); \
+                 green: api-green:8000 (unresolved)"
+            ),
+            "{t}"
         );
     }
 

@@ -21,6 +21,7 @@ pub struct FileConfig {
     pub tls: Option<Spanned<FileTls>>,
     pub log: Option<Spanned<FileLog>>,
     pub limits: Option<Spanned<FileLimits>>,
+    pub dns: Option<Spanned<FileDns>>,
     #[serde(default)]
     pub route: Vec<Spanned<FileRoute>>,
     #[serde(default)]
@@ -53,6 +54,13 @@ pub struct FileLimits {
     pub max_body_bytes: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<u64>>,
     pub h2_max_concurrent_streams: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    pub resolvers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub refresh_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

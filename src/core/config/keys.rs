@@ -12,8 +12,9 @@ use toml_edit::{ImDocument, Item, TableLike};
 fn allowed(pattern: &str) -> Option<&'static [&'static str]> {
     Some(match pattern {
         "" => &[
-            "listen", "server", "admin", "state", "tls", "log", "limits", "route", "service",
+            "listen", "server", "admin", "state", "tls", "log", "limits", "dns", "route", "service",
         ],
+        "dns" => &["resolvers", "refresh_s"],
         "listen" => &["http", "https", "admin"],
         "server" => &["threads", "grace_s"],
         "admin" => &["token_file"],

@@ -3,12 +3,15 @@
 //! Validation collects every mistake it finds instead of stopping at the first one, and each
 //! mistake names its file, line and key, so `switchyard check` reads like `nginx -t`.
 
+mod addr;
 mod file;
 mod keys;
 
-use std::collections::{BTreeMap, HashMap};
+pub use addr::{parse_ip_port, BackendName, BackendSpec};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -209,11 +212,50 @@ pub struct Slo {
 /// The backends of a service: one pool, or a blue and a green one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pools {
-    Single(Vec<SocketAddr>),
+    Single(Vec<BackendSpec>),
     Colors {
-        blue: Vec<SocketAddr>,
-        green: Vec<SocketAddr>,
+        blue: Vec<BackendSpec>,
+        green: Vec<BackendSpec>,
     },
+}
+
+impl Pools {
+    /// (color label, backends) of each pool: `("default", …)` or blue then green.
+    pub fn lists(&self) -> Vec<(&'static str, &[BackendSpec])> {
+        match self {
+            Pools::Single(b) => vec![("default", b.as_slice())],
+            Pools::Colors { blue, green } => {
+                vec![("blue", blue.as_slice()), ("green", green.as_slice())]
+            }
+        }
+    }
+}
+
+/// `[dns]`: how backend names are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers to ask; empty: the system's resolver (`/etc/resolv.conf`, `/etc/hosts`).
+    pub resolvers: Vec<SocketAddr>,
+    /// How often every backend name is looked up again.
+    pub refresh: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> DnsConfig {
+        DnsConfig {
+            resolvers: Vec::new(),
+            refresh: Duration::from_secs(DEFAULT_DNS_REFRESH_S),
+        }
+    }
+}
+
+/// Looks up a listen address given as `name:port` (`listen.*`). Core does no I/O: the loader
+/// that reads the files passes the system's lookup in.
+pub type ListenLookup<'a> = &'a dyn Fn(&str) -> Result<SocketAddr, String>;
+
+/// The lookup of configs that come from no file (the embedded demo, tests): addresses only.
+pub fn no_listen_lookup(s: &str) -> Result<SocketAddr, String> {
+    Err(format!("`{s}` is not an ip:port address"))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +292,7 @@ pub struct Config {
     pub log_level: String,
     pub access_log: bool,
     pub limits: Limits,
+    pub dns: DnsConfig,
     pub tls: Option<TlsConfig>,
     pub routes: Vec<Route>,
     pub services: BTreeMap<String, ServiceConfig>,
@@ -260,19 +303,22 @@ impl Config {
     /// resolve against `base_dir` (which should be absolute).
     pub fn from_str(name: &str, text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
         let sources = vec![(PathBuf::from(name), text.to_string())];
-        Self::from_sources(Path::new(name), base_dir, &sources)
+        Self::from_sources(Path::new(name), base_dir, &sources, &no_listen_lookup)
     }
 
     /// Validates the text of config files already read (`persist::config_files::load` reads
     /// them): `source` is the file or directory they came from and `base_dir` the directory
-    /// relative paths resolve against, both absolute. No I/O happens here.
+    /// relative paths resolve against, both absolute. No I/O happens here: a listen address
+    /// given as a name goes to `lookup`, and backend names stay names.
     pub fn from_sources(
         source: &Path,
         base_dir: &Path,
         sources: &[(PathBuf, String)],
+        lookup: ListenLookup<'_>,
     ) -> Result<Config, ConfigErrors> {
         let mut v = Validator {
             sources,
+            lookup,
             errors: Vec::new(),
         };
         let mut parsed = Vec::new();
@@ -326,6 +372,32 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
         self.services.get(name)
     }
+
+    /// Every backend name of every service, with where it is written (`service.api.green`).
+    pub fn backend_names(&self) -> BTreeMap<BackendName, Vec<String>> {
+        let mut out: BTreeMap<BackendName, Vec<String>> = BTreeMap::new();
+        for (name, svc) in &self.services {
+            for (color, list) in svc.pools.lists() {
+                let key = if color == "default" {
+                    format!("service.{name}.backends")
+                } else {
+                    format!("service.{name}.{color}")
+                };
+                for n in list.iter().filter_map(BackendSpec::name) {
+                    let at = out.entry(n.clone()).or_default();
+                    if !at.contains(&key) {
+                        at.push(key.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The backend names of every service.
+    pub fn names(&self) -> BTreeSet<BackendName> {
+        self.backend_names().into_keys().collect()
+    }
 }
 
 /// `unknown field `bogus`, expected …` → `bogus`.
@@ -354,6 +426,7 @@ fn key_path_at(text: &str, at: usize, key: &str) -> String {
 
 struct Validator<'a> {
     sources: &'a [(PathBuf, String)],
+    lookup: ListenLookup<'a>,
     errors: Vec<ConfigError>,
 }
 
@@ -368,6 +441,7 @@ const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
 const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_DRAIN_TIMEOUT_S: u64 = 30;
 const DEFAULT_GRACE_S: u64 = 10;
+const DEFAULT_DNS_REFRESH_S: u64 = 5;
 
 impl Validator<'_> {
     fn push(&mut self, file: usize, span: Range<usize>, key: &str, message: impl Into<String>) {
@@ -408,8 +482,14 @@ impl Validator<'_> {
         }
     }
 
+    /// A listen address: `ip:port`, or `name:port` looked up by the loader's `lookup`.
     fn addr(&mut self, file: usize, s: &Spanned<String>, key: &str) -> Option<SocketAddr> {
-        match resolve_addr(s.get_ref()) {
+        let found = match BackendSpec::parse(s.get_ref()) {
+            Ok(BackendSpec::Addr(a)) => Ok(a),
+            Ok(BackendSpec::Name(_)) => (self.lookup)(s.get_ref().trim()),
+            Err(m) => Err(m),
+        };
+        match found {
             Ok(a) => Some(a),
             Err(m) => {
                 self.at(file, s, key, m);
@@ -431,6 +511,7 @@ impl Validator<'_> {
         let mut tls = None;
         let mut log = None;
         let mut limits = None;
+        let mut dns = None;
         let mut routes: Vec<(usize, Spanned<FileRoute>)> = Vec::new();
         let mut services: BTreeMap<String, (usize, Spanned<String>, Spanned<FileService>)> =
             BTreeMap::new();
@@ -442,6 +523,7 @@ impl Validator<'_> {
             self.single("tls", &mut tls, f, fc.tls);
             self.single("log", &mut log, f, fc.log);
             self.single("limits", &mut limits, f, fc.limits);
+            self.single("dns", &mut dns, f, fc.dns);
             routes.extend(fc.route.into_iter().map(|r| (f, r)));
             for (name, svc) in fc.service {
                 let key = format!("service.{}", name.get_ref());
@@ -501,6 +583,7 @@ impl Validator<'_> {
         }
 
         let limits = self.limits(limits.as_ref());
+        let dns = self.dns(dns.as_ref());
 
         let state_dir = state
             .as_ref()
@@ -670,6 +753,7 @@ impl Validator<'_> {
             log_level,
             access_log,
             limits,
+            dns,
             tls,
             routes: out_routes,
             services: out_services,
@@ -881,17 +965,44 @@ impl Validator<'_> {
         out
     }
 
-    fn addrs(&mut self, f: usize, list: &SpannedAddrs, key: &str) -> Vec<SocketAddr> {
+    fn dns(&mut self, section: Option<&(usize, Spanned<FileDns>)>) -> DnsConfig {
+        let mut out = DnsConfig::default();
+        let Some((f, d)) = section else { return out };
+        let (f, d) = (*f, d.get_ref());
+        if let Some(list) = &d.resolvers {
+            for r in list.get_ref() {
+                match parse_ip_port(r.get_ref(), 53) {
+                    Ok(a) if !out.resolvers.contains(&a) => out.resolvers.push(a),
+                    Ok(a) => self.at(f, r, "dns.resolvers", format!("{a} is listed twice")),
+                    Err(m) => self.at(f, r, "dns.resolvers", m),
+                }
+            }
+        }
+        if let Some(r) = &d.refresh_s {
+            let n = *r.get_ref();
+            if (1..=86_400).contains(&n) {
+                out.refresh = Duration::from_secs(n);
+            } else {
+                self.at(f, r, "dns.refresh_s", "must be between 1 and 86400");
+            }
+        }
+        out
+    }
+
+    fn addrs(&mut self, f: usize, list: &SpannedAddrs, key: &str) -> Vec<BackendSpec> {
         if list.get_ref().is_empty() {
             self.at(f, list, key, "a color or pool needs at least one backend");
         }
         let mut out = Vec::new();
         for a in list.get_ref() {
-            if let Some(addr) = self.addr(f, a, key) {
-                if out.contains(&addr) {
-                    self.at(f, a, key, format!("backend {addr} is listed twice"));
+            match BackendSpec::parse(a.get_ref()) {
+                Ok(spec) => {
+                    if out.contains(&spec) {
+                        self.at(f, a, key, format!("backend {spec} is listed twice"));
+                    }
+                    out.push(spec);
                 }
-                out.push(addr);
+                Err(m) => self.at(f, a, key, m),
             }
         }
         out
@@ -1156,25 +1267,6 @@ impl Validator<'_> {
             hsts: tr.hsts.unwrap_or(true),
             files,
         })
-    }
-}
-
-/// `host:port` → a socket address; names are resolved once, here (at load and reload).
-pub fn resolve_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("`{s}` is not an address: expected host:port"));
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("`{s}` is not an address: expected host:port"));
-    }
-    match s.to_socket_addrs() {
-        Ok(mut it) => it
-            .next()
-            .ok_or_else(|| format!("`{s}` resolves to no address")),
-        Err(e) => Err(format!("`{s}` cannot be resolved: {e}")),
     }
 }
 

@@ -175,3 +175,99 @@ fn etcd_tls_keys_must_match_the_endpoints() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn backend_names_stay_names_and_nothing_is_looked_up() {
+    // `.invalid` never resolves (RFC 2606): a lookup here would fail the load.
+    let text = BASE
+        .replace("127.0.0.1:3002", "API-Green.invalid:8000")
+        .replace(
+            "\"127.0.0.1:3001\"",
+            "\"127.0.0.1:3001\", \"api-blue.invalid:8000\"",
+        );
+    let c = load(&text).unwrap();
+    let Pools::Colors { blue, green } = &c.service("web").unwrap().pools else {
+        panic!("web is releasable");
+    };
+    assert_eq!(
+        blue[0],
+        BackendSpec::Addr("127.0.0.1:3001".parse().unwrap())
+    );
+    assert_eq!(blue[1].to_string(), "api-blue.invalid:8000");
+    assert_eq!(green[0].to_string(), "api-green.invalid:8000");
+    let names = c.backend_names();
+    assert_eq!(names.len(), 2);
+    assert_eq!(
+        names[green[0].name().unwrap()],
+        vec!["service.web.green".to_string()]
+    );
+    assert_eq!(c.dns, DnsConfig::default());
+    assert_eq!(c.dns.refresh, Duration::from_secs(5));
+}
+
+#[test]
+fn a_name_listed_twice_and_a_malformed_one_are_refused() {
+    let text = BASE.replace(
+        "\"127.0.0.1:3002\"",
+        "\"api.test:80\", \"API.test:80\", \"api test:80\"",
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].message.contains("api.test:80 is listed twice"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].message.contains("expected ip:port or name:port"),
+        "{}",
+        e[1]
+    );
+    assert!(e.iter().all(|e| e.key == "service.web.green"), "{e:?}");
+}
+
+#[test]
+fn dns_section_is_validated() {
+    let ok =
+        format!("{BASE}\n[dns]\nresolvers = [\"127.0.0.11\", \"127.0.0.1:5353\"]\nrefresh_s = 2\n");
+    let c = load(&ok).unwrap();
+    assert_eq!(
+        c.dns.resolvers,
+        vec![
+            "127.0.0.11:53".parse().unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        ]
+    );
+    assert_eq!(c.dns.refresh, Duration::from_secs(2));
+
+    let bad = format!(
+        "{BASE}\n[dns]\nresolvers = [\"dns.example\", \"127.0.0.11\", \"127.0.0.11:53\"]\nrefresh_s = 0\nttl = 3\n"
+    );
+    let e = errors(&bad);
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["dns.resolvers", "dns.resolvers", "dns.refresh_s", "dns.ttl"],
+        "{e:?}"
+    );
+    assert!(e[0].message.contains("cannot be a name"), "{}", e[0]);
+    assert!(e[1].message.contains("listed twice"), "{}", e[1]);
+    assert!(e[2].message.contains("between 1 and 86400"), "{}", e[2]);
+    assert!(e[3].message.contains("resolvers, refresh_s"), "{}", e[3]);
+}
+
+#[test]
+fn a_listen_name_goes_to_the_loaders_lookup() {
+    let text = BASE.replace("127.0.0.1:8080", "edge.internal:8080");
+    // Text that came from no file has no lookup: addresses only.
+    let e = errors(&text);
+    assert_eq!(e[0].key, "listen.http", "{e:?}");
+    let sources = vec![(PathBuf::from("test.toml"), text.clone())];
+    let lookup = |s: &str| -> Result<SocketAddr, String> {
+        assert_eq!(s, "edge.internal:8080");
+        Ok("10.1.2.3:8080".parse().unwrap())
+    };
+    let c =
+        Config::from_sources(Path::new("test.toml"), Path::new("/tmp"), &sources, &lookup).unwrap();
+    assert_eq!(c.listen.http, Some("10.1.2.3:8080".parse().unwrap()));
+}

@@ -50,7 +50,13 @@ impl Edge {
         let config = Config::from_str("test.toml", config, Path::new("/tmp"))
             .unwrap_or_else(|e| panic!("test config: {e}"));
         let retained = Retained::default();
-        let snap = snapshot::build(Arc::new(config), &releases, &overrides, &retained);
+        let snap = snapshot::build(
+            Arc::new(config),
+            &releases,
+            &overrides,
+            &Default::default(),
+            &retained,
+        );
         Edge {
             proxy: EdgeProxy {
                 shared: Shared::new(snap, retained),

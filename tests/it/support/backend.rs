@@ -47,6 +47,16 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
+        Self::serve(name, listener)
+    }
+
+    /// Starts a backend on `addr` (e.g. `127.0.0.3:PORT`, for a name that resolves to
+    /// several loopback addresses with one port); an error when it is taken.
+    pub async fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Backend> {
+        Ok(Self::serve(name, TcpListener::bind(addr).await?))
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         state.healthy.store(true, Ordering::SeqCst);

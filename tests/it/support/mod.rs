@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod backend;
+pub mod dns;
 pub mod etcd;
 pub mod faulty;
 pub mod l4;
