@@ -650,18 +650,7 @@ async fn canary_continues_when_the_leader_is_killed() {
     bounded(Duration::from_secs(50), async {
         let site = Site::start(3).await;
         let (a, b) = site.two("").await;
-        let list = wait_instances(&a, 2, Duration::from_secs(10)).await;
-        let leader_addr = list
-            .iter()
-            .find(|i| i["leader"] == true)
-            .and_then(|i| i["address"].as_str())
-            .expect("a leader")
-            .to_string();
-        let (leader, follower) = if leader_addr == a.admin_addr.to_string() {
-            (a, b)
-        } else {
-            (b, a)
-        };
+        let (leader, follower) = leader_and_follower(a, b).await;
 
         // Started through the leader: 50 % now, 100 % (promote) after 2 s.
         let token = crate::support::release::token(&leader);
