@@ -35,9 +35,10 @@ use tokio::net::TcpStream;
 #[derive(Parser, Debug)]
 #[command(about = "Steady keep-alive load through the proxy while switching blue/green")]
 struct Args {
-    /// Proxy address (ip:port), plain HTTP.
-    #[arg(long)]
-    proxy: String,
+    /// Proxy address (ip:port), plain HTTP; several, comma-separated, spread the connections
+    /// over them (round robin: connection i goes to address i mod n).
+    #[arg(long, value_delimiter = ',')]
+    proxy: Vec<String>,
     /// Host header of the load requests (a routed host of the service).
     #[arg(long, default_value = "localhost")]
     host: String,
@@ -315,8 +316,8 @@ fn min_med_max(v: &[f64]) -> String {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    if args.conns == 0 || args.interval_ms == 0 {
-        eprintln!("switch_load: --conns and --interval-ms must be > 0");
+    if args.conns == 0 || args.interval_ms == 0 || args.proxy.is_empty() {
+        eprintln!("switch_load: --proxy, --conns and --interval-ms must be given, > 0");
         std::process::exit(2);
     }
     let token = match std::fs::read_to_string(&args.token_file) {
@@ -342,9 +343,9 @@ async fn main() {
     let t0 = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::with_capacity(args.conns);
-    for _ in 0..args.conns {
+    for i in 0..args.conns {
         workers.push(tokio::spawn(worker(
-            args.proxy.clone(),
+            args.proxy[i % args.proxy.len()].clone(),
             args.host.clone(),
             args.path.clone(),
             t0,
