@@ -1181,8 +1181,13 @@ async fn rollback(
     }
     let admin = Admin::new(&site);
     let t0 = Instant::now();
+    // wall clock at t0, in ms past the second (followers publish their windows once per
+    // wall-clock second: where in the second the errors start matters)
+    let wall0_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let us = || t0.elapsed().as_micros() as u64;
-    println!("rep  via (follower)  leader  first 5xx→all blue (ms)  per instance: blue after first 5xx (ms)      follower's clients: 5xx / requests, last 5xx after first (ms)");
+    println!("rep  via (follower)  leader  first 5xx at (s.ms)  first 5xx→all blue (ms)  per instance: blue after first 5xx (ms)      follower's clients: 5xx / requests, last 5xx after first (ms)");
     let mut all_ms = Vec::new();
     let mut client_ms = Vec::new();
     let mut failed_counts = Vec::new();
@@ -1215,8 +1220,11 @@ async fn rollback(
             .unwrap_or_else(|e| fail(e));
         // The watch counts the new color's requests from the second of the switch on, and a
         // follower's published window of green lives on for a second after its watch ended:
-        // start clean.
-        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+        // start clean. Plus 0-999 ms, so that the errors start anywhere in a second.
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_micros()) % 1000);
+        tokio::time::sleep(Duration::from_millis(gap_ms + jitter)).await;
         let (code, body) = admin
             .post(
                 &site.admins[follower],
@@ -1298,9 +1306,10 @@ async fn rollback(
             client_ms.push(cli_v);
             failed_counts.push(bad.len() as f64);
             println!(
-                "{rep:>3}  instance {:<6}  i{:<5}  {:>23.1}  {:<44}  {} / {}, {:.1}",
+                "{rep:>3}  instance {:<6}  i{:<5}  {:>19}  {:>23.1}  {:<44}  {} / {}, {:.1}",
                 follower + 1,
                 leader + 1,
+                format!("x.{:03}", (wall0_ms + fb / 1000) % 1000),
                 all_v,
                 per.join("  "),
                 bad.len(),

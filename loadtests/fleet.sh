@@ -343,11 +343,15 @@ echo
 for ((i = 0; i < N; i++)); do
   plain=$TMP/i$i/switchyard.plain.log
   # every run of the instance (a killed leader's log is kept as switchyard.log.N)
-  cat "$TMP/i$i"/switchyard.log.* "$TMP/i$i/switchyard.log" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' >"$plain"
+  logs=()
+  for f in "$TMP/i$i"/switchyard.log.* "$TMP/i$i/switchyard.log"; do
+    if [[ -f $f ]]; then logs+=("$f"); fi
+  done
+  sed 's/\x1b\[[0-9;]*m//g' "${logs[@]}" >"$plain"
   n_warn=$(grep -cE ' (WARN|ERROR) ' "$plain" || true)
   n_breach=$(grep -c 'SLO breached' "$plain" || true)
   n_lead=$(grep -c 'leading the site' "$plain" || true)
-  n_runs=$(find "$TMP/i$i" -maxdepth 1 -name 'switchyard.log*' | wc -l)
+  n_runs=${#logs[@]}
   echo "== instance $((i + 1)) log ($n_runs run(s)): $n_lead x 'leading the site', $n_breach x 'SLO breached', $n_warn WARN/ERROR lines in all"
   grep -E ' (WARN|ERROR) ' "$plain" | grep -v -e 'SLO breached' -e 'failed to acquire reusable stream' |
     sed 's/^/   /' | cut -c1-240 | sort | uniq -c | sort -rn | head -n 5 || true
