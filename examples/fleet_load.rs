@@ -1181,8 +1181,9 @@ async fn rollback(
     }
     let admin = Admin::new(&site);
     let t0 = Instant::now();
-    // wall clock at t0, in ms past the second (followers publish their windows once per
-    // wall-clock second: where in the second the errors start matters)
+    // The wall clock at t0, to show where in a second the errors start. (A follower
+    // publishes its window once per second of its own clock, seconds since its process
+    // started: the wait for that publication is what varies from one repetition to the next.)
     let wall0_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
