@@ -740,10 +740,7 @@ async fn propagate(
     // ------------------------------------------------------------------ figures
     let good: Vec<&SwitchRec> = recs.iter().filter(|r| r.ok).collect();
     let failed_switches = recs.len() - good.len();
-    let missing = good
-        .iter()
-        .filter(|r| r.first_new.iter().any(|&t| t == 0))
-        .count();
+    let missing = good.iter().filter(|r| r.first_new.contains(&0)).count();
     let flaps: u64 = recs.iter().map(|r| r.flaps).sum();
     let poll_errors: u64 = recs.iter().map(|r| r.errors).sum();
     let calls: Vec<f64> = good
@@ -1257,13 +1254,13 @@ async fn rollback(
         let deadline = started + Duration::from_millis(timeout_ms);
         let mut blue_at: Vec<Option<u64>> = vec![None; n];
         while Instant::now() < deadline && blue_at.iter().any(Option::is_none) {
-            for i in 0..n {
-                if blue_at[i].is_some() {
+            for (at, base) in blue_at.iter_mut().zip(&site.admins) {
+                if at.is_some() {
                     continue;
                 }
-                if let Ok(st) = admin.status(&site.admins[i]).await {
+                if let Ok(st) = admin.status(base).await {
                     if active(&st, &site.service) == BLUE {
-                        blue_at[i] = Some(us());
+                        *at = Some(us());
                     }
                 }
             }
