@@ -208,6 +208,7 @@ impl Controller {
         }
         self.mark_draining(&inner.state.releases, &next.state.releases, &next.config);
         self.shared.publish(snap);
+        self.store.after_publish().await;
         inner.config = next.config;
         inner.state = next.state;
         let used = inner.names();

@@ -96,6 +96,10 @@ pub trait StateStore: Send + Sync {
     async fn save_as_leader(&self, state: &PersistedState) -> Result<(), StoreError> {
         self.save(state).await
     }
+    /// Called once what `save` committed is published (serving): a shared store does its
+    /// follow-up writes here (its local cache, its registry entry), so the instance that
+    /// took a release is not the last to serve it.
+    async fn after_publish(&self) {}
     async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError>;
     /// The newest `limit` events, oldest first.
     async fn history(&self, limit: usize) -> Result<Vec<HistoryEvent>, StoreError>;

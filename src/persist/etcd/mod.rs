@@ -75,6 +75,8 @@ pub struct EtcdStore {
     windows: windows::SiteWindows,
     /// Where the site's certificates and challenge answers go (see `certs`).
     cert_sink: std::sync::OnceLock<Arc<dyn SiteCertSink>>,
+    /// A state this instance committed, to cache and register once it serves it.
+    pending_cache: std::sync::Mutex<Option<(PersistedState, i64)>>,
 }
 
 impl EtcdStore {
@@ -93,6 +95,7 @@ impl EtcdStore {
             next_endpoint: std::sync::atomic::AtomicUsize::new(0),
             windows: windows::SiteWindows::default(),
             cert_sink: std::sync::OnceLock::new(),
+            pending_cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -589,7 +592,9 @@ impl EtcdStore {
                 }
             }
         };
-        self.set_applied(state, revision).await;
+        // Serving it comes first: the cache and the registry follow in `after_publish`.
+        self.applied.store(revision, Ordering::Release);
+        *self.pending_cache.lock().unwrap() = Some((state.clone(), revision));
         Ok(())
     }
 
@@ -633,6 +638,16 @@ impl StateStore for EtcdStore {
 
     async fn save_as_leader(&self, state: &PersistedState) -> Result<(), StoreError> {
         self.commit_state(state, true).await
+    }
+
+    async fn after_publish(&self) {
+        let pending = self.pending_cache.lock().unwrap().take();
+        if let Some((state, revision)) = pending {
+            // A newer state applied meanwhile (from the watch) wrote its own.
+            if self.applied() == revision {
+                self.set_applied(&state, revision).await;
+            }
+        }
     }
 
     async fn append_history(&self, event: &HistoryEvent) -> Result<(), StoreError> {
