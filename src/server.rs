@@ -38,6 +38,7 @@ use crate::demo::DemoBackend;
 use crate::edge::h1::EdgeApp;
 use crate::edge::proxy::EdgeProxy;
 use crate::runtime::health::HealthChecker;
+use crate::runtime::rate_limiter::RateLimitSweeper;
 use crate::runtime::seams::Http01Answers;
 use crate::runtime::shared::Shared;
 use crate::tls::front::TlsFront;
@@ -210,6 +211,10 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         },
     );
     services.push(Box::new(health));
+    services.push(Box::new(background_service(
+        "rate limit sweeper",
+        RateLimitSweeper(shared.clone()),
+    )));
     services.push(Box::new(background_service(
         "readiness",
         ListenersUp {

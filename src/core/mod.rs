@@ -3,6 +3,9 @@
 
 pub mod color;
 pub mod config;
+pub mod ip_set;
+pub mod proxy_protocol;
+pub mod rate_limit;
 pub mod release;
 pub mod request_head;
 pub mod routing;

@@ -23,14 +23,21 @@ pub enum Rejection {
     BadFraming,
     /// A malformed request line, Host or path (400).
     BadRequest,
+    /// A route's `rate_limit` refused the client (429).
+    RateLimited,
+    /// A connection from a `listen.proxy_protocol_from` source without a valid PROXY
+    /// protocol header (closed without an answer).
+    ProxyProtocol,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 4] = [
+    pub const ALL: [Rejection; 6] = [
         Rejection::Timeout,
         Rejection::TooLarge,
         Rejection::BadFraming,
         Rejection::BadRequest,
+        Rejection::RateLimited,
+        Rejection::ProxyProtocol,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +46,8 @@ impl Rejection {
             Rejection::TooLarge => "too_large",
             Rejection::BadFraming => "bad_framing",
             Rejection::BadRequest => "bad_request",
+            Rejection::RateLimited => "rate_limited",
+            Rejection::ProxyProtocol => "proxy_protocol",
         }
     }
 }

@@ -23,7 +23,8 @@ impl PathRoutes {
     }
 }
 
-/// Maps (host, path) to a service index.
+/// Maps (host, path) to an index chosen when the table is built (the snapshot's compiled
+/// route).
 #[derive(Debug, Default)]
 pub struct RouteTable {
     exact: HashMap<Box<str>, PathRoutes>,
@@ -33,11 +34,15 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// `service_index` maps a route's service name to its index in the snapshot.
-    pub fn build(routes: &[Route], service_index: impl Fn(&str) -> Option<usize>) -> RouteTable {
+    /// `target` maps a route (and its position in `routes`) to what a lookup returns for it;
+    /// a route it maps to `None` is left out.
+    pub fn build(
+        routes: &[Route],
+        mut target: impl FnMut(usize, &Route) -> Option<usize>,
+    ) -> RouteTable {
         let mut t = RouteTable::default();
-        for r in routes {
-            let Some(idx) = service_index(&r.service) else {
+        for (i, r) in routes.iter().enumerate() {
+            let Some(idx) = target(i, r) else {
                 continue;
             };
             let (map, key) = match r.host.strip_prefix("*.") {
@@ -117,6 +122,7 @@ mod tests {
             host: host.into(),
             path_prefix: prefix.into(),
             service: service.into(),
+            middlewares: Default::default(),
         }
     }
 
@@ -129,7 +135,7 @@ mod tests {
             route("only.example.org", "/admin", "admin"),
         ];
         let names = ["frontend", "api", "api2", "wild", "admin"];
-        RouteTable::build(&routes, |s| names.iter().position(|n| *n == s))
+        RouteTable::build(&routes, |_, r| names.iter().position(|n| *n == r.service))
     }
 
     #[test]

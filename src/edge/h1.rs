@@ -21,6 +21,7 @@ use http::header;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
@@ -33,8 +34,10 @@ use tokio::time::Instant;
 
 use crate::core::config::Limits;
 use crate::core::request_head::{self, Refusal, Rejection};
+use crate::edge::client_addr;
 use crate::edge::proxy::{
-    check_drain, error_kind, error_status, status_sent, EdgeProxy, ErrorStatus, RequestCtx,
+    check_drain, compression_error, error_kind, error_status, local_header, status_sent, EdgeProxy,
+    ErrorStatus, RequestCtx,
 };
 use crate::edge::replay::Replay;
 use crate::edge::upstream;
@@ -104,6 +107,18 @@ impl EdgeApp {
             closing: AtomicBool::new(false),
             closing_wakeup: Notify::new(),
         }
+    }
+
+    fn wants_proxy_headers(&self) -> bool {
+        !self
+            .edge
+            .shared
+            .snapshot
+            .load()
+            .config
+            .listen
+            .proxy_protocol_from
+            .is_empty()
     }
 
     /// Serves one client connection (TLS already terminated) until it closes. `accepted` is
@@ -334,7 +349,7 @@ impl EdgeApp {
             .edge
             .admit(session.req_header(), session.client_addr(), ctx)
         {
-            let header = local.header()?;
+            let header = local_header(&local, ctx)?;
             session.write_response_header(Box::new(header)).await?;
             if !local.body.is_empty() {
                 session.write_response_body(local.body, false).await?;
@@ -486,8 +501,7 @@ impl EdgeApp {
     ) -> Result<Box<RequestHeader>> {
         let mut req = Box::new(session.req_header().clone());
         let upgrade = session.is_upgrade_req();
-        self.edge
-            .upstream_request(&mut req, session.client_addr(), upgrade, ctx)?;
+        self.edge.upstream_request(&mut req, upgrade, ctx)?;
         // Backends get HTTP/1.1 whatever the client spoke: keep-alive and chunked bodies work
         // the same for HTTP/1.0 clients (pingora-proxy and nginx do this too).
         req.set_version(http::Version::HTTP_11);
@@ -523,12 +537,15 @@ impl EdgeApp {
         }
         let mut resp = Box::new(up.resp_header().expect("read above").clone());
         self.edge.client_response(&mut resp, ctx)?;
+        // `compress` chose to compress this body: it has no Content-Length any more.
+        let mut encoder = ctx.encoder.take();
         if needs_chunking(session, &resp) {
-            // The backend ends this body by closing; re-framed as chunks, the client's
-            // connection survives it (pingora-proxy did the same).
+            // The backend ends this body by closing (or it is compressed); re-framed as
+            // chunks, the client's connection survives it (pingora-proxy did the same).
             resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         } else if session.req_header().version == http::Version::HTTP_10
-            && resp.headers.contains_key(header::TRANSFER_ENCODING)
+            && (resp.headers.contains_key(header::TRANSFER_ENCODING)
+                || (encoder.is_some() && !resp.headers.contains_key(header::CONTENT_LENGTH)))
         {
             // An HTTP/1.0 client cannot read chunks: the body ends when the connection does.
             resp.remove_header(&header::TRANSFER_ENCODING);
@@ -553,8 +570,23 @@ impl EdgeApp {
                 }
             };
             check_drain(ctx)?;
+            let chunk = match encoder.as_mut() {
+                Some(e) => e.encode(&chunk).map_err(compression_error)?,
+                None => chunk,
+            };
+            if chunk.is_empty() {
+                // Written to a chunked body, an empty piece would be its end.
+                continue;
+            }
             session
                 .write_response_body(chunk, false)
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        if let Some(e) = encoder {
+            let tail = e.finish().map_err(compression_error)?;
+            session
+                .write_response_body(tail, false)
                 .await
                 .map_err(|e| e.into_down())?;
         }
@@ -820,6 +852,18 @@ impl ConnectionServer for EdgeApp {
         self.connections.clone().acquire_owned().await.ok()
     }
 
+    /// `listen.proxy_protocol_from`: see `edge::client_addr::read_proxy_header`. The header
+    /// counts against the first request head's deadline.
+    async fn read_proxy_header(&self, tcp: &mut L4Stream, accepted: Instant) -> bool {
+        let snapshot = self.edge.shared.snapshot.load();
+        let from = &snapshot.config.listen.proxy_protocol_from;
+        if from.is_empty() {
+            return true;
+        }
+        let deadline = accepted + snapshot.config.limits.header_timeout;
+        client_addr::read_proxy_header(tcp, from, deadline).await
+    }
+
     async fn serve_connection(
         self: Arc<Self>,
         stream: Stream,
@@ -842,6 +886,20 @@ impl ServerApp for EdgeApp {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let _permit = self.admit_connection().await?;
         let accepted = Instant::now();
+        let io = if self.wants_proxy_headers() {
+            // The PROXY header is read from the TCP stream itself (its digest then reports
+            // the header's source as the peer).
+            let Ok(mut tcp) = io.into_any().downcast::<L4Stream>() else {
+                tracing::error!("HTTP listener got a stream that is not TCP");
+                return None;
+            };
+            if !self.read_proxy_header(&mut tcp, accepted).await {
+                return None;
+            }
+            tcp as Stream
+        } else {
+            io
+        };
         self.serve_client(io, shutdown, accepted).await;
         None
     }

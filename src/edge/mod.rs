@@ -1,10 +1,14 @@
 //! The client side of the proxy: connections and requests from the internet.
 //!
 //! `h1` serves HTTP/1 connections itself (limits, strict heads, keep-alive) and hands HTTP/2
-//! to pingora-proxy; `proxy` holds the per-request decisions both share; `upstream` keeps
-//! idle backend connections per thread; `replay` gives back bytes read ahead.
+//! to pingora-proxy; `proxy` holds the per-request decisions both share; `client_addr` says
+//! who the client is (PROXY protocol, trusted X-Forwarded-For); `middleware` holds a route's
+//! header edits, rate limit and compression; `upstream` keeps idle backend connections per
+//! thread; `replay` gives back bytes read ahead.
 
+pub mod client_addr;
 pub mod h1;
+pub mod middleware;
 pub mod proxy;
 pub mod replay;
 pub mod upstream;

@@ -25,16 +25,18 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::core::config::Limits;
 use crate::core::request_head::{normalize_path, Refusal, Rejection};
+use crate::edge::client_addr::{self, forwarded_entries, Client, X_FORWARDED_FOR};
+use crate::edge::middleware::compress::{self, Encoder, Negotiated};
+use crate::edge::middleware::{headers, rate_limit};
 use crate::runtime::metrics::{self, UpstreamErrorKind};
 use crate::runtime::pool::{Pool, PoolLoad};
 use crate::runtime::seams::Http01Answers;
 use crate::runtime::shared::Shared;
-use crate::runtime::snapshot::ServiceRuntime;
+use crate::runtime::snapshot::{RouteEdge, ServiceRuntime};
 
 /// How long an idle upstream connection stays in a pool (pingora's and `crate::edge::upstream`).
 pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -97,6 +99,16 @@ pub struct RequestCtx {
     upstream_error: Option<UpstreamErrorKind>,
     /// HTTP/2 only: the request body's limits (HTTP/1 has `h1::BodyReader`).
     body: Option<BodyProgress>,
+    /// Who sent the request (`edge::client_addr`), set by `admit`.
+    pub(crate) client: Client,
+    /// The route's middlewares, when it has any.
+    pub(crate) edge: Option<Arc<RouteEdge>>,
+    /// The route's rate limit refused the request.
+    rate_limited: bool,
+    /// The request's side of `compress`.
+    compress: Negotiated,
+    /// The response body's compressor, once the response header chose one.
+    pub(crate) encoder: Option<Encoder>,
     _inflight: Option<InflightGuard>,
     _upgraded: Option<UpgradedGuard>,
 }
@@ -113,6 +125,11 @@ impl RequestCtx {
             hsts: false,
             upstream_error: None,
             body: None,
+            client: Client::default(),
+            edge: None,
+            rate_limited: false,
+            compress: Negotiated::default(),
+            encoder: None,
             _inflight: None,
             _upgraded: None,
         }
@@ -149,30 +166,37 @@ impl RequestCtx {
     }
 }
 
-/// A response the proxy gives itself, without an upstream: 404, a redirect, an ACME answer.
+/// A response the proxy gives itself, without an upstream: 404, a redirect, an ACME answer,
+/// a 429.
 pub(crate) struct LocalResponse {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Bytes,
     pub location: Option<String>,
+    /// Seconds, for a 429.
+    pub retry_after: Option<u64>,
 }
 
 impl LocalResponse {
-    fn text(status: u16, body: &'static [u8]) -> LocalResponse {
+    pub(crate) fn text(status: u16, body: &'static [u8]) -> LocalResponse {
         LocalResponse {
             status,
             content_type: "text/plain",
             body: Bytes::from_static(body),
             location: None,
+            retry_after: None,
         }
     }
 
     pub(crate) fn header(&self) -> Result<ResponseHeader> {
-        let mut resp = ResponseHeader::build(self.status, Some(4))?;
+        let mut resp = ResponseHeader::build(self.status, Some(5))?;
         resp.insert_header(header::CONTENT_TYPE, self.content_type)?;
         resp.insert_header(header::CONTENT_LENGTH, self.body.len())?;
         if let Some(loc) = &self.location {
             resp.insert_header(header::LOCATION, loc.as_str())?;
+        }
+        if let Some(s) = self.retry_after {
+            resp.insert_header(header::RETRY_AFTER, s)?;
         }
         Ok(resp)
     }
@@ -250,11 +274,11 @@ fn request_host(req: &RequestHeader) -> &str {
 
 /// A stable number in 0..100 for the client's address: with `sticky`, a client whose roll is
 /// below the canary weight stays on the canary as the weight grows.
-fn client_roll(client: Option<&ClientAddr>) -> u8 {
-    let Some(addr) = client.and_then(|a| a.as_inet()) else {
+fn client_roll(client: Option<std::net::IpAddr>) -> u8 {
+    let Some(ip) = client else {
         return 0;
     };
-    let x = match addr.ip() {
+    let x = match ip {
         std::net::IpAddr::V4(v4) => u32::from(v4) as u64,
         std::net::IpAddr::V6(v6) => {
             let b = v6.octets();
@@ -277,14 +301,24 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Answers the client directly, keeping the connection open (unlike `respond_error`).
-async fn respond(session: &mut Session, local: LocalResponse) -> Result<()> {
-    let resp = local.header()?;
+async fn respond(session: &mut Session, local: LocalResponse, ctx: &RequestCtx) -> Result<()> {
+    let resp = local_header(&local, ctx)?;
     let empty = local.body.is_empty();
     session.write_response_header(Box::new(resp), empty).await?;
     if !empty {
         session.write_response_body(Some(local.body), true).await?;
     }
     Ok(())
+}
+
+/// The header of a response the proxy gives itself; a routed one (a 429) gets the route's
+/// response headers too.
+pub(crate) fn local_header(local: &LocalResponse, ctx: &RequestCtx) -> Result<ResponseHeader> {
+    let mut resp = local.header()?;
+    if let Some(edge) = &ctx.edge {
+        headers::on_response(&edge.middlewares, &mut resp)?;
+    }
+    Ok(resp)
 }
 
 /// `https://host[:port]/path?query` for a redirect from the HTTP listener.
@@ -316,15 +350,19 @@ pub(crate) fn error_kind(e: &Error) -> UpstreamErrorKind {
 }
 
 impl EdgeProxy {
-    /// Routes a request: sets the service and color in `ctx` and returns `None` when it goes
-    /// upstream, or returns the answer the proxy gives itself.
+    /// Routes a request: sets the client, service and color in `ctx` and returns `None` when
+    /// it goes upstream, or returns the answer the proxy gives itself. `peer` is the
+    /// connection's (the PROXY header's source, when there was one).
     pub(crate) fn admit(
         &self,
         req: &RequestHeader,
-        client: Option<&ClientAddr>,
+        peer: Option<&ClientAddr>,
         ctx: &mut RequestCtx,
     ) -> Option<LocalResponse> {
         let snapshot = self.shared.snapshot.load();
+        let peer_ip = peer.and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trusted = &snapshot.config.listen.trusted_proxies;
+        ctx.client = client_addr::resolve(peer_ip, &req.headers, trusted);
         if !self.tls {
             if let (Some(certs), Some(token)) = (
                 &self.certs,
@@ -337,6 +375,7 @@ impl EdgeProxy {
                         content_type: "application/octet-stream",
                         body: Bytes::from(ka),
                         location: None,
+                        retry_after: None,
                     },
                     None => LocalResponse::text(404, b"no such challenge\n"),
                 });
@@ -351,10 +390,11 @@ impl EdgeProxy {
         let found = snapshot
             .routes
             .lookup(host, req.uri.path())
-            .map(|i| &snapshot.services[i]);
-        let Some(service) = found else {
+            .map(|i| &snapshot.compiled[i]);
+        let Some(route) = found else {
             return Some(LocalResponse::text(404, b"no route for this host\n"));
         };
+        let service = &snapshot.services[route.service];
         if let Some(tls) = &snapshot.config.tls {
             if self.tls {
                 ctx.hsts = tls.hsts;
@@ -364,6 +404,19 @@ impl EdgeProxy {
                 return Some(local);
             }
         }
+        if let Some(edge) = &route.edge {
+            ctx.edge = Some(edge.clone());
+            if let Some(limiter) = &edge.limiter {
+                if let Some(refused) = rate_limit::check(limiter, ctx.client.ip) {
+                    ctx.rate_limited = true;
+                    return Some(refused);
+                }
+            }
+            if let Some(c) = &edge.middlewares.compress {
+                ctx.compress = compress::negotiate(c, req);
+            }
+        }
+        let client = ctx.client.ip;
         ctx.pool = service.pick_pool(|| client_roll(client));
         let pool = &service.pools[ctx.pool];
         pool.load.inflight.fetch_add(1, Ordering::Relaxed);
@@ -383,29 +436,17 @@ impl EdgeProxy {
     }
 
     /// Turns the client's request header into the upstream's: hop-by-hop headers out,
-    /// X-Forwarded-* and X-Request-Id in. `upstream` starts as a copy of the client's.
+    /// X-Forwarded-* and X-Request-Id in, then the route's `request_headers`. `upstream`
+    /// starts as a copy of the client's; `admit` has set the client in `ctx`.
     pub(crate) fn upstream_request(
         &self,
         upstream: &mut RequestHeader,
-        client: Option<&ClientAddr>,
         upgrade: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_hop_by_hop(upstream, upgrade)?;
 
-        if let Some(addr) = client.and_then(|a| a.as_inet()) {
-            // One buffer, handed to the header without a copy: `prev, ip` or `ip`, where
-            // `prev` joins every X-Forwarded-For line the client sent, in order.
-            let prev = upstream.headers.get_all(&X_FORWARDED_FOR);
-            let prev_len: usize = prev.iter().map(|v| v.len() + 2).sum();
-            let mut buf = Vec::with_capacity(prev_len + 45);
-            for p in prev.iter() {
-                buf.extend_from_slice(p.as_bytes());
-                buf.extend_from_slice(b", ");
-            }
-            let _ = write!(buf, "{}", addr.ip());
-            let value = HeaderValue::from_maybe_shared(Bytes::from(buf))
-                .expect("a header value plus an IP is a valid header value");
+        if let Some(value) = forwarded_for(&upstream.headers, ctx.client) {
             upstream.insert_header(X_FORWARDED_FOR.clone(), value)?;
         }
         let proto = if self.tls { "https" } else { "http" };
@@ -428,6 +469,9 @@ impl EdgeProxy {
             }
         };
         ctx.request_id = Some(id);
+        if let Some(edge) = &ctx.edge {
+            headers::on_request(&edge.middlewares, upstream)?;
+        }
         Ok(())
     }
 
@@ -454,6 +498,12 @@ impl EdgeProxy {
                 resp.insert_header(X_REQUEST_ID.clone(), id)?;
             }
         }
+        if let (Some(edge), false) = (&ctx.edge, ctx.is_upgraded()) {
+            headers::on_response(&edge.middlewares, resp)?;
+            if let Some(c) = &edge.middlewares.compress {
+                ctx.encoder = compress::start(ctx.compress, c, resp);
+            }
+        }
         Ok(())
     }
 
@@ -477,6 +527,13 @@ impl EdgeProxy {
                     slo.record(status, elapsed.as_millis() as u64);
                 }
             }
+            // A 429 of the route's rate limit: counted with the service and no color, so
+            // it is in no color's figures and no SLO.
+            None if ctx.rate_limited => {
+                if let Some(edge) = &ctx.edge {
+                    edge.refused.record(status, elapsed.as_secs_f64());
+                }
+            }
             None => metrics::global()
                 .unrouted()
                 .record(status, elapsed.as_secs_f64()),
@@ -488,6 +545,7 @@ impl EdgeProxy {
                 host = request_host(req),
                 path = req.uri.path(),
                 status,
+                client = ctx.client.ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 service = ctx.service.as_ref().map_or("", |s| s.name.as_str()),
                 color = ctx.pool().map_or("", |p| p.color_label),
                 backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default(),
@@ -521,13 +579,14 @@ impl ProxyHttp for EdgeProxy {
             respond(
                 session,
                 LocalResponse::text(refusal.status, b"request refused\n"),
+                ctx,
             )
             .await?;
             return Ok(true);
         }
         ctx.body = Some(BodyProgress::new(&limits));
         if let Some(local) = self.admit(session.req_header(), session.client_addr(), ctx) {
-            respond(session, local).await?;
+            respond(session, local, ctx).await?;
             return Ok(true);
         }
         if !session.is_body_empty() {
@@ -544,7 +603,8 @@ impl ProxyHttp for EdgeProxy {
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     metrics::global().rejected(Rejection::Timeout);
-                    respond(session, LocalResponse::text(408, b"request body timeout\n")).await?;
+                    let local = LocalResponse::text(408, b"request body timeout\n");
+                    respond(session, local, ctx).await?;
                     return Ok(true);
                 }
             }
@@ -595,7 +655,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let upgrade = session.is_upgrade_req();
-        self.upstream_request(upstream, session.client_addr(), upgrade, ctx)
+        self.upstream_request(upstream, upgrade, ctx)
     }
 
     async fn response_filter(
@@ -657,11 +717,32 @@ impl ProxyHttp for EdgeProxy {
     fn response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         check_drain(ctx)?;
+        if let Some(encoder) = ctx.encoder.as_mut() {
+            let mut out = match body.take() {
+                Some(piece) if !piece.is_empty() => {
+                    encoder.encode(&piece).map_err(compression_error)?
+                }
+                _ => Bytes::new(),
+            };
+            if end_of_stream {
+                let encoder = ctx.encoder.take().expect("checked above");
+                let tail = encoder.finish().map_err(compression_error)?;
+                out = if out.is_empty() {
+                    tail
+                } else {
+                    let mut joined = Vec::with_capacity(out.len() + tail.len());
+                    joined.extend_from_slice(&out);
+                    joined.extend_from_slice(&tail);
+                    joined.into()
+                };
+            }
+            *body = (!out.is_empty()).then_some(out);
+        }
         Ok(None)
     }
 
@@ -669,6 +750,45 @@ impl ProxyHttp for EdgeProxy {
         // Clients going away are routine at an edge; don't log them as errors.
         matches!(error.esource(), ErrorSource::Downstream)
     }
+}
+
+/// The compressor failed (it writes to memory: it does not).
+pub(crate) fn compression_error(e: std::io::Error) -> Box<Error> {
+    Error::because(ErrorType::InternalError, "compressing the response body", e)
+}
+
+/// X-Forwarded-For for the upstream: what the client sent with the client address appended,
+/// or — when the address came from X-Forwarded-For itself, through trusted proxies — the
+/// entries up to and including it, so the last entry a backend sees is always the client.
+fn forwarded_for(headers: &http::HeaderMap, client: Client) -> Option<HeaderValue> {
+    let ip = client.ip?;
+    let mut buf = Vec::new();
+    match client.forwarded_entry {
+        None => {
+            // One buffer, handed to the header without a copy: `prev, ip` or `ip`, where
+            // `prev` joins every X-Forwarded-For line the client sent, in order.
+            let prev = headers.get_all(&X_FORWARDED_FOR);
+            let prev_len: usize = prev.iter().map(|v| v.len() + 2).sum();
+            buf.reserve(prev_len + 45);
+            for p in prev.iter() {
+                buf.extend_from_slice(p.as_bytes());
+                buf.extend_from_slice(b", ");
+            }
+            let _ = write!(buf, "{ip}");
+        }
+        Some(n) => {
+            for (i, entry) in forwarded_entries(headers).take(n as usize).enumerate() {
+                if i > 0 {
+                    buf.extend_from_slice(b", ");
+                }
+                buf.extend_from_slice(entry.trim_ascii());
+            }
+        }
+    }
+    Some(
+        HeaderValue::from_maybe_shared(Bytes::from(buf))
+            .expect("header values and an IP make a valid header value"),
+    )
 }
 
 /// The head limits of an HTTP/2 request (HTTP/1 heads are checked as they are read, in

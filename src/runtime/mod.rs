@@ -5,6 +5,7 @@ pub mod dns;
 pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod rate_limiter;
 pub mod seams;
 pub mod shared;
 pub mod snapshot;

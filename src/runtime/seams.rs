@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::sync::OwnedSemaphorePermit;
@@ -26,6 +27,11 @@ pub trait ConnectionServer: Send + Sync + 'static {
     /// Waits for a connection slot (`limits.max_connections`, shared by every listener);
     /// the permit goes with the connection.
     async fn admit_connection(&self) -> Option<OwnedSemaphorePermit>;
+
+    /// Before anything else is read (the TLS handshake included): the PROXY protocol header,
+    /// when the peer must send one (`listen.proxy_protocol_from`). `false`: close the
+    /// connection.
+    async fn read_proxy_header(&self, tcp: &mut L4Stream, accepted: Instant) -> bool;
 
     /// Serves the connection until it closes; `accepted` starts the first head's deadline.
     async fn serve_connection(

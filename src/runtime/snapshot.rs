@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::core::color::Color;
-use crate::core::config::{BackendSpec, Config, Pools, ServiceConfig};
+use crate::core::config::{
+    BackendSpec, Config, Pools, RateLimit, Route, RouteMiddlewares, ServiceConfig,
+};
 use crate::core::release::{ReleaseState, ServiceRelease};
 use crate::core::routing::RouteTable;
 use crate::runtime::dns::Resolved;
-use crate::runtime::metrics::{self, NO_COLOR};
+use crate::runtime::metrics::{self, PoolMetrics, NO_COLOR};
 use crate::runtime::pool::{Backend, Pool, PoolLoad};
+use crate::runtime::rate_limiter::RateLimiter;
 
 pub struct ServiceRuntime {
     pub name: String,
@@ -55,13 +58,40 @@ impl ServiceRuntime {
     }
 }
 
+/// A route as the request path uses it: found by `Snapshot::routes`, by index.
+pub struct CompiledRoute {
+    /// Index into `Snapshot::services`.
+    pub service: usize,
+    /// `None` for a route without middlewares: its requests pay for nothing.
+    pub edge: Option<Arc<RouteEdge>>,
+}
+
+/// A route's middlewares, resolved once: the config's (header names and values parsed at
+/// load), its rate limiter (kept across snapshots, see `Retained`), its metric handle.
+pub struct RouteEdge {
+    pub middlewares: RouteMiddlewares,
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// The service's requests refused by the rate limit (429), counted with an empty color:
+    /// in no color's figures, so not in any SLO.
+    pub refused: Arc<PoolMetrics>,
+}
+
 pub struct Snapshot {
     pub config: Arc<Config>,
+    /// Maps (host, path) to an index into `compiled`.
     pub routes: RouteTable,
+    pub compiled: Vec<CompiledRoute>,
     pub services: Vec<Arc<ServiceRuntime>>,
 }
 
 impl Snapshot {
+    /// The rate limiters of the routes served, for the sweeper.
+    pub fn limiters(&self) -> impl Iterator<Item = &Arc<RateLimiter>> {
+        self.compiled
+            .iter()
+            .filter_map(|r| r.edge.as_ref()?.limiter.as_ref())
+    }
+
     pub fn service(&self, name: &str) -> Option<&Arc<ServiceRuntime>> {
         self.services.iter().find(|s| s.name == name)
     }
@@ -97,6 +127,9 @@ type BackendKey = (String, &'static str, Option<String>, SocketAddr);
 struct RetainedInner {
     backends: HashMap<BackendKey, Arc<Backend>>,
     loads: HashMap<(String, &'static str), Arc<PoolLoad>>,
+    /// By (host, path_prefix): a route's clients keep their buckets across releases and
+    /// reloads, unless its limit changed.
+    limiters: HashMap<(String, String), Arc<RateLimiter>>,
 }
 
 impl Retained {
@@ -134,9 +167,28 @@ impl Retained {
             .clone()
     }
 
-    /// Forgets backends no snapshot lists any more (and their `backend_up` series).
-    fn prune(&self, live: &[Arc<ServiceRuntime>]) {
+    fn limiter(&self, route: &Route, limit: RateLimit) -> Arc<RateLimiter> {
         let mut g = self.inner.lock().unwrap();
+        let key = (route.host.clone(), route.path_prefix.clone());
+        match g.limiters.get(&key) {
+            Some(l) if l.limit() == limit => l.clone(),
+            _ => {
+                let l = Arc::new(RateLimiter::new(limit));
+                g.limiters.insert(key, l.clone());
+                l
+            }
+        }
+    }
+
+    /// Forgets backends no snapshot lists any more (and their `backend_up` series), and the
+    /// limiters of routes that are gone or no longer limited.
+    fn prune(&self, live: &[Arc<ServiceRuntime>], routes: &[Route]) {
+        let mut g = self.inner.lock().unwrap();
+        g.limiters.retain(|(host, prefix), _| {
+            routes.iter().any(|r| {
+                r.host == *host && r.path_prefix == *prefix && r.middlewares.rate_limit.is_some()
+            })
+        });
         let mut removed = Vec::new();
         g.backends.retain(|(service, color, name, addr), _| {
             let keep = live.iter().any(|s| {
@@ -255,13 +307,25 @@ pub fn build(
             pools,
         }));
     }
-    let routes = RouteTable::build(&config.routes, |s| {
-        services.iter().position(|svc| svc.name == s)
+    let mut compiled = Vec::with_capacity(config.routes.len());
+    let routes = RouteTable::build(&config.routes, |_, route| {
+        let service = services.iter().position(|svc| svc.name == route.service)?;
+        let mw = &route.middlewares;
+        let edge = (!mw.is_empty()).then(|| {
+            Arc::new(RouteEdge {
+                middlewares: mw.clone(),
+                limiter: mw.rate_limit.map(|l| retained.limiter(route, l)),
+                refused: m.pool(&route.service, ""),
+            })
+        });
+        compiled.push(CompiledRoute { service, edge });
+        Some(compiled.len() - 1)
     });
-    retained.prune(&services);
+    retained.prune(&services, &config.routes);
     Snapshot {
         config,
         routes,
+        compiled,
         services,
     }
 }

@@ -54,10 +54,14 @@ impl<A: ConnectionServer> ServerApp for TlsFront<A> {
         // The connection cap counts TLS connections from before their handshake.
         let _permit = self.proxy.admit_connection().await?;
         let accepted = tokio::time::Instant::now();
-        let Ok(tcp) = io.into_any().downcast::<L4Stream>() else {
+        let Ok(mut tcp) = io.into_any().downcast::<L4Stream>() else {
             tracing::error!("HTTPS listener got a stream that is not TCP");
             return None;
         };
+        // A balancer's PROXY protocol header comes first, in the clear.
+        if !self.proxy.read_proxy_header(&mut tcp, accepted).await {
+            return None;
+        }
         // The handshake counts against the first request's head deadline (slowloris on TLS).
         let deadline = accepted + self.proxy.limits().header_timeout;
         let tls = match tokio::time::timeout_at(deadline, self.acceptor.tls_handshake(*tcp)).await {

@@ -34,6 +34,8 @@ pub struct FileListen {
     pub http: Option<Spanned<String>>,
     pub https: Option<Spanned<String>>,
     pub admin: Option<Spanned<String>>,
+    pub proxy_protocol_from: Option<SpannedAddrs>,
+    pub trusted_proxies: Option<SpannedAddrs>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +124,37 @@ pub struct FileRoute {
     pub host: Spanned<String>,
     pub path_prefix: Option<Spanned<String>>,
     pub service: Spanned<String>,
+    pub security_headers: Option<bool>,
+    pub response_headers: Option<Spanned<FileHeaders>>,
+    pub request_headers: Option<Spanned<FileHeaders>>,
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
+    pub compress: Option<Spanned<FileCompress>>,
+}
+
+/// `{ "Header-Name" = "value", … }`: names chosen by the user.
+pub type FileHeaders = BTreeMap<Spanned<String>, Spanned<String>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub per_client_per_s: Spanned<f64>,
+    pub burst: Option<Spanned<u64>>,
+}
+
+/// `compress = true`, or a table of options. (Untagged: the fields of the table cannot be
+/// `Spanned`, so its mistakes point at the `compress` key.)
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileCompress {
+    Enabled(bool),
+    Options(FileCompressOptions),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCompressOptions {
+    pub min_bytes: Option<u64>,
+    pub encodings: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,7 +15,13 @@ fn allowed(pattern: &str) -> Option<&'static [&'static str]> {
             "listen", "server", "admin", "state", "tls", "log", "limits", "dns", "route", "service",
         ],
         "dns" => &["resolvers", "refresh_s"],
-        "listen" => &["http", "https", "admin"],
+        "listen" => &[
+            "http",
+            "https",
+            "admin",
+            "proxy_protocol_from",
+            "trusted_proxies",
+        ],
         "server" => &["threads", "grace_s"],
         "admin" => &["token_file"],
         "limits" => &[
@@ -55,7 +61,18 @@ fn allowed(pattern: &str) -> Option<&'static [&'static str]> {
             "files",
         ],
         "tls.files.*" => &["cert", "key"],
-        "route" => &["host", "path_prefix", "service"],
+        "route" => &[
+            "host",
+            "path_prefix",
+            "service",
+            "security_headers",
+            "response_headers",
+            "request_headers",
+            "rate_limit",
+            "compress",
+        ],
+        "route.rate_limit" => &["per_client_per_s", "burst"],
+        "route.compress" => &["min_bytes", "encodings"],
         "service.*" => &[
             "backends",
             "blue",
@@ -91,7 +108,10 @@ fn allowed(pattern: &str) -> Option<&'static [&'static str]> {
 
 /// Tables whose keys are names chosen by the user.
 fn named(pattern: &str) -> bool {
-    matches!(pattern, "service" | "tls.files")
+    matches!(
+        pattern,
+        "service" | "tls.files" | "route.response_headers" | "route.request_headers"
+    )
 }
 
 pub struct UnknownKey {

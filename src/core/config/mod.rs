@@ -6,6 +6,11 @@
 mod addr;
 mod file;
 mod keys;
+mod middlewares;
+
+pub use middlewares::{
+    Compress, Encoding, HeaderEdit, RateLimit, RouteMiddlewares, DEFAULT_COMPRESS_MIN_BYTES,
+};
 
 pub use addr::{parse_ip_port, BackendName, BackendSpec};
 
@@ -18,6 +23,8 @@ use std::time::Duration;
 
 use file::*;
 use toml::Spanned;
+
+use crate::core::ip_set::IpSet;
 
 /// The routes file `switchyard demo` runs when given no `--config`.
 pub const DEMO_TOML: &str = include_str!("../../../routes/demo.toml");
@@ -91,6 +98,12 @@ pub struct Listen {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// Peers that must open each connection with a PROXY protocol header (v1 or v2), whose
+    /// source is then the client address.
+    pub proxy_protocol_from: IpSet,
+    /// Peers whose X-Forwarded-For is believed: the client is the rightmost entry not in
+    /// this set.
+    pub trusted_proxies: IpSet,
 }
 
 #[derive(Debug, Clone)]
@@ -171,12 +184,13 @@ pub struct EtcdConfig {
     pub password_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// Lower-case; `*.example.com` for a wildcard.
     pub host: String,
     pub path_prefix: String,
     pub service: String,
+    pub middlewares: RouteMiddlewares,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -546,6 +560,8 @@ impl Validator<'_> {
         let mut http = None;
         let mut https = None;
         let mut admin_addr = Some("127.0.0.1:9901".parse().unwrap());
+        let mut proxy_protocol_from = IpSet::default();
+        let mut trusted_proxies = IpSet::default();
         match &listen {
             Some((f, l)) => {
                 let l = l.get_ref();
@@ -558,6 +574,13 @@ impl Validator<'_> {
                 if let Some(a) = &l.admin {
                     admin_addr = self.addr(*f, a, "listen.admin");
                 }
+                proxy_protocol_from = self.ip_set(
+                    *f,
+                    l.proxy_protocol_from.as_ref(),
+                    "listen.proxy_protocol_from",
+                );
+                trusted_proxies =
+                    self.ip_set(*f, l.trusted_proxies.as_ref(), "listen.trusted_proxies");
                 if l.http.is_none() && l.https.is_none() {
                     let loc = listen.as_ref().map(|(f, l)| (*f, l.span())).unwrap();
                     self.push(loc.0, loc.1, "listen", "set `http`, `https` or both");
@@ -727,10 +750,12 @@ impl Validator<'_> {
                     span: rr.host.span(),
                 },
             );
+            let middlewares = self.middlewares(*f, &key, rr);
             out_routes.push(Route {
                 host,
                 path_prefix: prefix,
                 service: rr.service.get_ref().clone(),
+                middlewares,
             });
         }
 
@@ -743,6 +768,8 @@ impl Validator<'_> {
                 http,
                 https,
                 admin: admin_addr?,
+                proxy_protocol_from,
+                trusted_proxies,
             },
             threads,
             grace,

@@ -271,3 +271,164 @@ fn a_listen_name_goes_to_the_loaders_lookup() {
         Config::from_sources(Path::new("test.toml"), Path::new("/tmp"), &sources, &lookup).unwrap();
     assert_eq!(c.listen.http, Some("10.1.2.3:8080".parse().unwrap()));
 }
+
+const MIDDLEWARES: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+proxy_protocol_from = ["10.0.0.0/8", "192.0.2.7"]
+trusted_proxies = ["2001:db8::/32"]
+
+[[route]]
+host = "app.example.com"
+service = "web"
+security_headers = true
+response_headers = { "Content-Security-Policy" = "default-src 'self'", "X-Powered-By" = "" }
+request_headers = { "X-Env" = "prod" }
+rate_limit = { per_client_per_s = 50, burst = 100 }
+compress = true
+
+[[route]]
+host = "api.example.com"
+service = "web"
+rate_limit = { per_client_per_s = 0.5 }
+compress = { min_bytes = 256, encodings = ["gzip", "br"] }
+
+[[route]]
+host = "plain.example.com"
+service = "web"
+compress = false
+
+[service.web]
+backends = ["127.0.0.1:3001"]
+"#;
+
+#[test]
+fn middleware_keys_load_parsed() {
+    let c = load(MIDDLEWARES).unwrap();
+    assert!(c
+        .listen
+        .proxy_protocol_from
+        .contains("10.9.8.7".parse().unwrap()));
+    assert!(c
+        .listen
+        .proxy_protocol_from
+        .contains("192.0.2.7".parse().unwrap()));
+    assert!(!c
+        .listen
+        .proxy_protocol_from
+        .contains("192.0.2.8".parse().unwrap()));
+    assert!(c
+        .listen
+        .trusted_proxies
+        .contains("2001:db8::1".parse().unwrap()));
+    let m = &c.routes[0].middlewares;
+    assert!(m.security_headers);
+    // Sorted by name; names lower-case, an empty value removes.
+    assert_eq!(m.response_headers.len(), 2);
+    assert_eq!(m.response_headers[0].0.as_str(), "content-security-policy");
+    assert_eq!(
+        m.response_headers[0].1.as_ref().unwrap(),
+        "default-src 'self'"
+    );
+    assert_eq!(m.response_headers[1].0.as_str(), "x-powered-by");
+    assert!(m.response_headers[1].1.is_none());
+    assert_eq!(m.request_headers[0].0.as_str(), "x-env");
+    assert_eq!(
+        m.rate_limit,
+        Some(RateLimit {
+            per_client_per_s: 50.0,
+            burst: 100
+        })
+    );
+    let compress = m.compress.as_ref().unwrap();
+    assert_eq!(compress.min_bytes, DEFAULT_COMPRESS_MIN_BYTES);
+    assert_eq!(compress.encodings, Encoding::ALL);
+
+    let api = &c.routes[1].middlewares;
+    assert_eq!(api.rate_limit.unwrap().burst, 1, "Traefik's default burst");
+    assert_eq!(api.rate_limit.unwrap().per_client_per_s, 0.5);
+    let compress = api.compress.as_ref().unwrap();
+    assert_eq!(compress.min_bytes, 256);
+    assert_eq!(compress.encodings, [Encoding::Gzip, Encoding::Brotli]);
+    assert!(c.routes[2].middlewares.is_empty());
+}
+
+/// Line of the first line of `text` holding `needle` (1-based).
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn bad_middleware_values_name_their_line_and_key() {
+    let text = r#"
+[listen]
+http = "127.0.0.1:8080"
+proxy_protocol_from = ["10.0.0.0/33"]
+trusted_proxies = ["proxy.internal"]
+
+[[route]]
+host = "a.example.com"
+service = "web"
+response_headers = { "Bad Name" = "x", "Content-Length" = "5", "X-Ok" = "a\u0001b" }
+request_headers = { "X-Forwarded-For" = "1.2.3.4", "x-env" = "a", "X-Env" = "b" }
+rate_limit = { per_client_per_s = 0, burst = 0 }
+compress = { encodings = ["gzip", "deflate", "gzip"] }
+
+[service.web]
+backends = ["127.0.0.1:3001"]
+"#;
+    let e = errors(text);
+    let find = |key: &str| {
+        e.iter()
+            .find(|e| e.key == key)
+            .unwrap_or_else(|| panic!("no error for {key}: {e:#?}"))
+    };
+    assert_eq!(
+        find("listen.proxy_protocol_from").line,
+        line_with(text, "proxy_protocol_from")
+    );
+    assert_eq!(
+        find("listen.trusted_proxies").line,
+        line_with(text, "trusted_proxies")
+    );
+    let rh = line_with(text, "response_headers");
+    assert_eq!(find("route[0].response_headers.Bad Name").line, rh);
+    assert!(find("route[0].response_headers.Content-Length")
+        .message
+        .contains("set by the proxy"));
+    assert!(find("route[0].response_headers.X-Ok")
+        .message
+        .contains("not a valid header value"));
+    let qh = line_with(text, "request_headers");
+    assert_eq!(find("route[0].request_headers.X-Forwarded-For").line, qh);
+    assert!(e
+        .iter()
+        .any(|e| e.key.starts_with("route[0].request_headers.") && e.message.contains("twice")));
+    let rl = line_with(text, "rate_limit");
+    assert_eq!(find("route[0].rate_limit.per_client_per_s").line, rl);
+    assert_eq!(find("route[0].rate_limit.burst").line, rl);
+    let cl = line_with(text, "compress");
+    let compress: Vec<_> = e
+        .iter()
+        .filter(|e| e.key == "route[0].compress.encodings")
+        .collect();
+    assert_eq!(compress.len(), 2, "{compress:#?}");
+    assert!(compress.iter().all(|e| e.line == cl));
+}
+
+#[test]
+fn unknown_middleware_keys_are_refused() {
+    let text = format!(
+        "{BASE}\n[[route]]\nhost = \"b.com\"\nservice = \"web\"\nrate_limit = {{ per_client_per_s = 1, average = 5 }}\ncompress = {{ level = 9 }}\nheaders = true\n"
+    );
+    let keys: Vec<String> = errors(&text).into_iter().map(|e| e.key).collect();
+    assert!(
+        keys.contains(&"route[1].rate_limit.average".to_string()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"route[1].compress.level".to_string()),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&"route[1].headers".to_string()), "{keys:?}");
+}

@@ -473,10 +473,10 @@ fn admit_uses_the_one_pool_of_a_service_without_colors() {
 #[test]
 fn client_roll_is_stable_and_below_100() {
     for ip in ["192.0.2.1", "192.0.2.2", "2001:db8::1", "::ffff:10.0.0.1"] {
-        let addr = client(ip);
-        let roll = client_roll(Some(&addr));
+        let addr = ip.parse().ok();
+        let roll = client_roll(addr);
         assert!(roll < 100, "{ip}: {roll}");
-        assert_eq!(roll, client_roll(Some(&addr)), "{ip}");
+        assert_eq!(roll, client_roll(addr), "{ip}");
     }
     assert_eq!(client_roll(None), 0);
 }
@@ -556,7 +556,7 @@ fn upstream(edge: &Edge, req: &RequestHeader, upgrade: bool) -> (RequestHeader, 
     let mut ctx = edge.routed(req);
     let mut up = req.clone();
     edge.proxy
-        .upstream_request(&mut up, Some(&client("192.0.2.7")), upgrade, &mut ctx)
+        .upstream_request(&mut up, upgrade, &mut ctx)
         .unwrap();
     (up, ctx)
 }
@@ -667,10 +667,14 @@ fn x_forwarded_for_joins_every_line_the_client_sent_then_the_client() {
     // None sent: the client alone; an IPv6 client without brackets.
     let edge = Edge::new();
     let req = get("app.test", "/");
-    let mut ctx = edge.routed(&req);
+    let mut ctx = RequestCtx::new();
+    assert!(edge
+        .proxy
+        .admit(&req, Some(&client("2001:db8::7")), &mut ctx)
+        .is_none());
     let mut up = req.clone();
     edge.proxy
-        .upstream_request(&mut up, Some(&client("2001:db8::7")), false, &mut ctx)
+        .upstream_request(&mut up, false, &mut ctx)
         .unwrap();
     assert_eq!(header(&up.headers, "x-forwarded-for"), Some("2001:db8::7"));
 }
@@ -1060,4 +1064,196 @@ fn status_sent_is_the_final_status_or_499() {
         let resp = ResponseHeader::build(written, None).unwrap();
         assert_eq!(status_sent(Some(&resp)), logged, "{written}");
     }
+}
+
+// ---- edge middlewares --------------------------------------------------------------------
+
+/// `app.test` with every middleware, `plain.test` with none; proxies in 10.0.0.0/8 trusted.
+const MIDDLEWARES: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8"]
+
+[[route]]
+host = "app.test"
+service = "app"
+security_headers = true
+response_headers = { "Content-Security-Policy" = "default-src 'self'", "Server" = "" }
+request_headers = { "X-Env" = "prod" }
+rate_limit = { per_client_per_s = 0.01, burst = 2 }
+compress = true
+
+[[route]]
+host = "plain.test"
+service = "app"
+
+[service.app]
+backends = ["127.0.0.1:3001"]
+"#;
+
+fn middlewares_edge() -> Edge {
+    Edge::build(MIDDLEWARES, ReleaseState::default(), Overrides::default())
+}
+
+fn admit_from(edge: &Edge, req: &RequestHeader, peer: &str) -> (RequestCtx, Option<LocalResponse>) {
+    let mut ctx = RequestCtx::new();
+    let local = edge.proxy.admit(req, Some(&client(peer)), &mut ctx);
+    (ctx, local)
+}
+
+#[test]
+fn rate_limit_answers_429_with_retry_after_per_client() {
+    let edge = middlewares_edge();
+    let req = get("app.test", "/");
+    for _ in 0..2 {
+        assert!(admit_from(&edge, &req, "192.0.2.1").1.is_none());
+    }
+    let (ctx, local) = admit_from(&edge, &req, "192.0.2.1");
+    let local = local.expect("the third request is refused");
+    assert_eq!(local.status, 429);
+    // One token per 100 s.
+    assert!(
+        (99..=100).contains(&local.retry_after.unwrap()),
+        "{:?}",
+        local.retry_after
+    );
+    assert!(ctx.service.is_none() && ctx.pool().is_none());
+    let header = local_header(&local, &ctx).unwrap();
+    assert_eq!(header.status, 429);
+    assert!(header.headers.contains_key("retry-after"));
+    // The route's response headers go on its 429 too.
+    assert_eq!(header.headers.get("x-frame-options").unwrap(), "SAMEORIGIN");
+    // Another client is served; a route without a limit is not limited.
+    assert!(admit_from(&edge, &req, "192.0.2.2").1.is_none());
+    for _ in 0..5 {
+        assert!(admit_from(&edge, &get("plain.test", "/"), "192.0.2.1")
+            .1
+            .is_none());
+    }
+}
+
+#[test]
+fn a_trusted_proxy_names_the_client_and_a_spoofer_does_not() {
+    let edge = middlewares_edge();
+    let mut req = get("plain.test", "/");
+    req.insert_header("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.0.0.5")
+        .unwrap();
+
+    // Through our proxies: the client is 203.0.113.9, and the last entry the backend sees.
+    let (mut ctx, local) = admit_from(&edge, &req, "10.0.0.7");
+    assert!(local.is_none());
+    assert_eq!(ctx.client.ip, "203.0.113.9".parse().ok());
+    let mut up = req.clone();
+    edge.proxy
+        .upstream_request(&mut up, false, &mut ctx)
+        .unwrap();
+    assert_eq!(
+        header_values(&up.headers, "x-forwarded-for"),
+        ["1.1.1.1, 203.0.113.9"]
+    );
+
+    // Straight from the internet: the peer, appended.
+    let (mut ctx, _) = admit_from(&edge, &req, "198.51.100.4");
+    assert_eq!(ctx.client.ip, "198.51.100.4".parse().ok());
+    let mut up = req.clone();
+    edge.proxy
+        .upstream_request(&mut up, false, &mut ctx)
+        .unwrap();
+    assert_eq!(
+        header_values(&up.headers, "x-forwarded-for"),
+        ["1.1.1.1, 203.0.113.9, 10.0.0.5, 198.51.100.4"]
+    );
+}
+
+#[test]
+fn the_rate_limit_keys_on_the_forwarded_client() {
+    let edge = middlewares_edge();
+    let from = |ip: &str| {
+        let mut req = get("app.test", "/");
+        req.insert_header("x-forwarded-for", ip).unwrap();
+        req
+    };
+    for _ in 0..2 {
+        assert!(admit_from(&edge, &from("203.0.113.1"), "10.0.0.7")
+            .1
+            .is_none());
+    }
+    assert!(admit_from(&edge, &from("203.0.113.1"), "10.0.0.7")
+        .1
+        .is_some());
+    // The same proxy, another client.
+    assert!(admit_from(&edge, &from("203.0.113.2"), "10.0.0.7")
+        .1
+        .is_none());
+}
+
+#[test]
+fn request_and_response_headers_of_the_route() {
+    let edge = middlewares_edge();
+    let mut req = get("app.test", "/");
+    req.insert_header("x-env", "dev").unwrap();
+    let (mut ctx, _) = admit_from(&edge, &req, "192.0.2.3");
+    let mut up = req.clone();
+    edge.proxy
+        .upstream_request(&mut up, false, &mut ctx)
+        .unwrap();
+    assert_eq!(header_values(&up.headers, "x-env"), ["prod"]);
+
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    resp.insert_header("server", "backend/1.0").unwrap();
+    resp.insert_header("referrer-policy", "no-referrer")
+        .unwrap();
+    edge.proxy.client_response(&mut resp, &mut ctx).unwrap();
+    let h = &resp.headers;
+    assert_eq!(
+        header(h, "content-security-policy"),
+        Some("default-src 'self'")
+    );
+    assert_eq!(header(h, "server"), None);
+    assert_eq!(header(h, "referrer-policy"), Some("no-referrer"));
+    assert_eq!(header(h, "x-content-type-options"), Some("nosniff"));
+
+    // Nothing of it on a route without middlewares.
+    let (mut ctx, _) = admit_from(&edge, &get("plain.test", "/"), "192.0.2.3");
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    edge.proxy.client_response(&mut resp, &mut ctx).unwrap();
+    assert!(!resp.headers.contains_key("x-content-type-options"));
+}
+
+#[test]
+fn compress_picks_an_encoder_for_a_compressible_response() {
+    let edge = middlewares_edge();
+    let mut req = get("app.test", "/");
+    req.insert_header("accept-encoding", "gzip, br").unwrap();
+    let (mut ctx, _) = admit_from(&edge, &req, "192.0.2.4");
+    let mut resp = ResponseHeader::build(200, None).unwrap();
+    resp.insert_header("content-type", "text/html").unwrap();
+    resp.insert_header("content-length", "4096").unwrap();
+    edge.proxy.client_response(&mut resp, &mut ctx).unwrap();
+    assert!(ctx.encoder.is_some());
+    assert_eq!(header(&resp.headers, "content-encoding"), Some("br"));
+    assert_eq!(header(&resp.headers, "content-length"), None);
+}
+
+#[test]
+fn the_rate_limit_survives_a_new_snapshot() {
+    let edge = middlewares_edge();
+    let req = get("app.test", "/");
+    for _ in 0..2 {
+        assert!(admit_from(&edge, &req, "192.0.2.9").1.is_none());
+    }
+    // A release or reload builds a new snapshot: the buckets stay.
+    let shared = &edge.proxy.shared;
+    let config = shared.snapshot.load().config.clone();
+    let snap = snapshot::build(
+        config,
+        &ReleaseState::default(),
+        &Overrides::default(),
+        &shared.retained,
+    );
+    shared.publish(snap);
+    assert_eq!(
+        admit_from(&edge, &req, "192.0.2.9").1.map(|l| l.status),
+        Some(429)
+    );
 }
