@@ -128,6 +128,7 @@ fn build_routes(hosts: usize, nsvc: usize) -> Vec<Route> {
                 host,
                 path_prefix: prefix.into(),
                 service: svc(service_of(i, k, nsvc)),
+                middlewares: Default::default(),
             })
         };
         match shape(i) {
@@ -405,7 +406,7 @@ fn main() {
         let index: HashMap<String, usize> = (0..nsvc).map(|n| (format!("svc-{n}"), n)).collect();
 
         let t = Instant::now();
-        let table = RouteTable::build(&routes, |s| index.get(s).copied());
+        let table = RouteTable::build(&routes, |_, r| index.get(&r.service).copied());
         let build_ms = t.elapsed().as_secs_f64() * 1e3;
         assert_eq!(table.len(), hosts, "one table entry per host");
 

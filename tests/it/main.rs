@@ -18,6 +18,7 @@ mod layers;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod middlewares;
 mod release;
 mod releasectl_cli;
 mod routing;

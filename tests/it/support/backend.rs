@@ -5,7 +5,10 @@
 //! except for:
 //! - `/health`: 200, or 503 after `set_healthy(false)` (not counted in `hits()`);
 //! - `/sleep/MS`: sleeps MS milliseconds, then answers as above;
-//! - `/ws` with an Upgrade: websocket: a WebSocket echo server.
+//! - `/ws` with an Upgrade: websocket: a WebSocket echo server;
+//! - `/body/N`: N bytes of text ([`text_body`]), `Content-Type: text/plain` unless the query
+//!   says `type=…`; `encoding=…` and `cache_control=…` in the query set those headers,
+//!   `h=name:value` any other.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -122,6 +125,55 @@ impl Drop for Backend {
     }
 }
 
+/// The body of `/body/N`: `n` bytes of numbered lines (compressible, not a repeated block).
+pub fn text_body(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(
+            format!("line {i}: the quick brown fox {}\n", i * 7919 % 1000).as_bytes(),
+        );
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// `/body/N?type=…&encoding=…&cache_control=…`
+fn body_response(n: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+    let n: usize = n.parse().unwrap_or(0).min(64 << 20);
+    let mut resp = Response::new(Full::new(Bytes::from(text_body(n))));
+    let h = resp.headers_mut();
+    h.insert("content-type", "text/plain; charset=utf-8".parse().unwrap());
+    for pair in query.unwrap_or("").split('&') {
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
+        let v = v
+            .replace("%2F", "/")
+            .replace("%20", " ")
+            .replace("%3B", ";");
+        let (name, value) = match k {
+            "type" => ("content-type".to_string(), v),
+            "encoding" => ("content-encoding".to_string(), v),
+            "cache_control" => ("cache-control".to_string(), v),
+            // `h=name:value`: any response header.
+            "h" => match v.split_once(':') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => continue,
+            },
+            _ => continue,
+        };
+        let name = hyper::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        h.insert(name, v_value(&value));
+    }
+    resp
+}
+
+fn v_value(v: &str) -> hyper::header::HeaderValue {
+    hyper::header::HeaderValue::from_str(v).unwrap()
+}
+
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -181,6 +233,10 @@ async fn handle(mut req: Request<Incoming>, name: &str, st: &Arc<State>) -> Resp
             .header("sec-websocket-accept", accept)
             .body(Full::new(Bytes::new()))
             .unwrap();
+    }
+
+    if let Some(n) = path.strip_prefix("/body/") {
+        return body_response(n, req.uri().query());
     }
 
     if let Some(ms) = path.strip_prefix("/sleep/") {

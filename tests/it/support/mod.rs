@@ -16,10 +16,10 @@ pub mod recorder;
 pub mod release;
 pub mod tls;
 
-pub use backend::Backend;
+pub use backend::{text_body, Backend};
 pub use proxy::{client, Proxy, BASE};
 #[allow(unused_imports)]
-pub use raw::{raw_request, RawResponse};
+pub use raw::{raw_request, read_response, RawResponse};
 
 use std::future::Future;
 use std::net::TcpListener;

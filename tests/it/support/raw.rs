@@ -46,7 +46,8 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> RawResponse {
     .expect("raw request timed out")
 }
 
-async fn read_response(s: &mut TcpStream) -> RawResponse {
+/// Reads one response from `s` (Content-Length, chunked or until EOF).
+pub async fn read_response(s: &mut TcpStream) -> RawResponse {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = find(&buf, b"\r\n\r\n") {
