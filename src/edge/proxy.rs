@@ -108,7 +108,7 @@ pub struct RequestCtx {
     /// The request's side of `compress`.
     compress: Negotiated,
     /// The response body's compressor, once the response header chose one.
-    pub(crate) encoder: Option<Encoder>,
+    pub(crate) encoder: Option<Box<Encoder>>,
     _inflight: Option<InflightGuard>,
     _upgraded: Option<UpgradedGuard>,
 }
@@ -501,7 +501,7 @@ impl EdgeProxy {
         if let (Some(edge), false) = (&ctx.edge, ctx.is_upgraded()) {
             headers::on_response(&edge.middlewares, resp)?;
             if let Some(c) = &edge.middlewares.compress {
-                ctx.encoder = compress::start(ctx.compress, c, resp);
+                ctx.encoder = compress::start(ctx.compress, c, resp).map(Box::new);
             }
         }
         Ok(())

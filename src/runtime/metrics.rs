@@ -78,6 +78,8 @@ pub struct Metrics {
     pub applied_revision: IntGauge,
     /// Always 1, labelled with the version.
     pub build_info: IntGaugeVec,
+    /// Clients with a rate-limit bucket, over every route (after each sweep).
+    pub rate_limit_clients: IntGauge,
     /// Indexed like `Rejection::ALL`; resolved once, so a refusal is one atomic add.
     rejected: Vec<IntCounter>,
     /// The services whose `active_color` / `canary_weight` series are exported, so that the
@@ -267,6 +269,15 @@ impl Metrics {
                 g
             },
             release_series: Mutex::new(BTreeSet::new()),
+            rate_limit_clients: {
+                let g = IntGauge::new(
+                    "switchyard_rate_limit_clients",
+                    "Clients with a rate-limit bucket, over every route (idle ones are swept out every second).",
+                )
+                .unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
+            },
             registry: r,
             pools: Mutex::new(HashMap::new()),
             unrouted: OnceLock::new(),

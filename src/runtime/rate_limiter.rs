@@ -26,6 +26,7 @@ use pingora_core::services::background::BackgroundService;
 
 use crate::core::config::RateLimit;
 use crate::core::rate_limit::Gcra;
+use crate::runtime::metrics;
 use crate::runtime::shared::Shared;
 
 /// Shards per limiter (a power of two).
@@ -110,13 +111,17 @@ impl RateLimiter {
     }
 
     /// Drops the buckets that have filled up again, one shard at a time (each locked only
-    /// for its own pass), and gives back the memory of shards that emptied.
-    pub fn sweep(&self) {
+    /// for its own pass), and gives back the memory of shards that emptied. Returns the
+    /// clients left.
+    pub fn sweep(&self) -> usize {
+        let mut left = 0;
         for shard in self.shards.iter() {
             let now = self.now();
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             shard.sweep(now);
+            left += shard.buckets.len();
         }
+        left
     }
 
     /// Clients with a bucket now (full ones not yet swept included).
@@ -186,9 +191,8 @@ impl BackgroundService for RateLimitSweeper {
                 _ = tick.tick() => {}
             }
             let snapshot = self.0.snapshot.load_full();
-            for limiter in snapshot.limiters() {
-                limiter.sweep();
-            }
+            let clients: usize = snapshot.limiters().map(|l| l.sweep()).sum();
+            metrics::global().rate_limit_clients.set(clients as i64);
         }
     }
 }
