@@ -855,7 +855,8 @@ impl ConnectionServer for EdgeApp {
     /// `listen.proxy_protocol_from`: see `edge::client_addr::read_proxy_header`. The header
     /// counts against the first request head's deadline.
     async fn read_proxy_header(&self, tcp: &mut L4Stream, accepted: Instant) -> bool {
-        let snapshot = self.edge.shared.snapshot.load();
+        // Held across the read: a counted reference, not an arc-swap guard.
+        let snapshot = self.edge.shared.snapshot.load_full();
         let from = &snapshot.config.listen.proxy_protocol_from;
         if from.is_empty() {
             return true;
