@@ -11,12 +11,12 @@
 # and header through the route without middlewares, so not compressed).
 #
 # Part 2, many clients: another switchyard trusting 127.0.0.1 as a proxy (listen.trusted_proxies),
-# one rate-limited route. wrk sends X-Forwarded-For from CLIENTS distinct addresses
-# (10.x.y.z, cycling; one token per 10 s, so every bucket is still held when the load
-# ends), so the limiter holds a bucket per address. It prints the process's
-# RSS before, right after, and once the sweeper has dropped the idle buckets
-# (switchyard_rate_limit_clients back to 0), and the CPU per request against the same load
-# through a route without a limit.
+# one rate-limited route (a token per 20 s). wrk sends one request from each of CLIENTS
+# distinct addresses (X-Forwarded-For 10.x.y.z): the limiter holds a bucket per address. It
+# prints the process's RSS before, right after, and once the sweeper has dropped the buckets
+# that filled up again (switchyard_rate_limit_clients back to 0). Then the addresses round
+# and round for CLIENTS_DURATION, through the limited route and through one without a
+# limit: the CPU the limiter adds per request with that many clients.
 #
 # Usage: bash loadtests/middlewares.sh          (defaults: about 4 minutes)
 #        ROUNDS=1 DURATION=2 WARMUP=1 CLIENTS=20000 bash loadtests/middlewares.sh   (quick)
@@ -24,7 +24,8 @@
 #   PARTS ["cost clients"]   ROUNDS [3]   DURATION [5] seconds per round
 #   CONNS [32] wrk connections   THREADS [1] wrk threads   WORKERS [1] switchyard threads
 #   WARMUP [2] s per scenario before its rounds   PAGE_BYTES [16384]
-#   CLIENTS [100000]   CLIENTS_DURATION [20] s of the many-clients load (must send ≥ CLIENTS)
+#   CLIENTS [100000]   CLIENTS_DURATION [20] s of each many-clients load; the fill gets half
+#                      (at least 5 s) and must send CLIENTS requests within 20 s
 #   SW_BIN [target/release/switchyard]   SW_LOG [warn]   READY_TIMEOUT [30]   KEEP_TMP [0]
 set -euo pipefail
 
@@ -266,70 +267,93 @@ run_clients() {
   local routes='[[route]]
 host = "limited.local"
 service = "app"
-rate_limit = { per_client_per_s = 0.1, burst = 10 }
+rate_limit = { per_client_per_s = 0.05, burst = 10 }
 
 [[route]]
 host = "off.local"
 service = "app"'
   start_switchyard clients 'trusted_proxies = ["127.0.0.1"]' "$routes"
   log "switchyard (clients) pid $SW_PID on 127.0.0.1:$SW_PORT"
-  local lua_many=$TMP/many-clients.lua
-  # One counter per wrk thread: with -t1 every address of the cycle is sent.
-  cat >"$lua_many" <<EOF
+  # wrk counts per thread: with -t1 every address is sent. `fill` sends one request per
+  # client to the limited route, then keeps the connections busy on the other route;
+  # `cycle` sends the addresses round and round to the route of -H Host.
+  local lua_fill=$TMP/fill.lua lua_cycle=$TMP/cycle.lua
+  local xff='string.format("10.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)'
+  # wrk calls request() once before the run to check it (that request is not sent): the
+  # fill sends addresses 1 … CLIENTS-1, then 0, so every one is sent either way.
+  cat >"$lua_fill" <<EOF
+local n, clients = 0, $CLIENTS
+request = function()
+  local k = n
+  n = n + 1
+  if k <= clients then
+    local i = k % clients
+    return wrk.format(nil, nil, { ["Host"] = "limited.local", ["X-Forwarded-For"] = $xff })
+  end
+  return wrk.format(nil, nil, { ["Host"] = "off.local", ["X-Forwarded-For"] = "10.255.255.254" })
+end
+EOF
+  cat >"$lua_cycle" <<EOF
 local n, clients = 0, $CLIENTS
 request = function()
   local i = n % clients
   n = n + 1
-  local xff = string.format("10.%d.%d.%d", math.floor(i / 65536) % 256, math.floor(i / 256) % 256, i % 256)
-  return wrk.format(nil, nil, { ["X-Forwarded-For"] = xff })
+  return wrk.format(nil, nil, { ["X-Forwarded-For"] = $xff })
 end
 EOF
-  many() { # HOST OUTFILE -> W_* and CPU_US (the same load, to the route HOST)
+  cycle() { # HOST OUTFILE -> W_* and CPU_US
     local t0 t1
     t0=$(tree_ticks "$SW_PID")
-    run_wrk "$2" "$CLIENTS_DURATION" -s "$lua_many" -t1 -c"$CONNS" --latency -H "Host: $1" "http://127.0.0.1:$SW_PORT/"
+    run_wrk "$2" "$CLIENTS_DURATION" -s "$lua_cycle" -t1 -c"$CONNS" --latency -H "Host: $1" "http://127.0.0.1:$SW_PORT/"
     t1=$(tree_ticks "$SW_PID")
     parse_wrk "$2"
     CPU_US=$(ticks_per_us $((t1 - t0)) "$W_REQS")
   }
   # Warm-up through the route without a limit: the process at its working size.
   ((WARMUP > 0)) && run_wrk "$TMP/wrk-clients-warmup.txt" "$WARMUP" -t1 -c"$CONNS" -H "Host: off.local" "http://127.0.0.1:$SW_PORT/"
-  local rss0 rss1 rss2 clients_after n0 n1
+
+  # Memory: one bucket per client. A token comes back every 20 s: every bucket is still
+  # held a moment after the fill (if it took less than 20 s), and full again — swept — up
+  # to 20 s later.
+  local rss0 rss1 rss2 held left fill_s=$((CLIENTS_DURATION / 2 > 5 ? CLIENTS_DURATION / 2 : 5))
   rss0=$(rss_kb "$SW_PID")
-  n0=$(metric 'switchyard_rejected_requests_total{reason="rate_limited"}')
-  many limited.local "$TMP/wrk-many-limited.txt"
-  local reqs_many=$W_REQS rps_many=$W_RPS p99_many=$W_P99 errs_many=$W_ERRS cpu_many=$CPU_US
+  run_wrk "$TMP/wrk-fill.txt" "$fill_s" -s "$lua_fill" -t1 -c"$CONNS" --latency -H "Host: off.local" "http://127.0.0.1:$SW_PORT/"
+  parse_wrk "$TMP/wrk-fill.txt"
+  ((W_REQS >= CLIENTS)) || log "WARNING: only $W_REQS requests in ${fill_s}s for $CLIENTS clients: raise CLIENTS_DURATION"
+  local fill_reqs=$W_REQS fill_errs=$W_ERRS
   rss1=$(rss_kb "$SW_PID")
-  # The sweeper publishes the count once a second.
-  sleep 1.2
-  clients_after=$(metric switchyard_rate_limit_clients)
-  n1=$(metric 'switchyard_rejected_requests_total{reason="rate_limited"}')
-  ((reqs_many >= CLIENTS)) || log "WARNING: only $reqs_many requests for $CLIENTS clients: raise CLIENTS_DURATION"
-  # A token comes back every 10 s: every client sent to is still held at the end of the
-  # load (each sent at least twice, 10 s or more apart), and its bucket is full again
-  # (then swept) up to some 20 s later.
-  local deadline=$((SECONDS + 60)) left
+  sleep 1.2 # the sweeper publishes the count once a second
+  held=$(metric switchyard_rate_limit_clients)
+  local started=$SECONDS deadline=$((SECONDS + 45))
   while ((SECONDS < deadline)); do
     left=$(metric switchyard_rate_limit_clients)
     [[ $left == 0 ]] && break
     sleep 0.5
   done
+  local swept_s=$((SECONDS - started))
   rss2=$(rss_kb "$SW_PID")
-  # The same load through the route without a limit: what the limiter adds.
-  many off.local "$TMP/wrk-many-off.txt"
+
+  # CPU: the addresses round and round, through the limited route, then the same load
+  # through the route without a limit.
+  local n0 n1
+  n0=$(metric 'switchyard_rejected_requests_total{reason="rate_limited"}')
+  cycle limited.local "$TMP/wrk-cycle-limited.txt"
+  local reqs_l=$W_REQS rps_l=$W_RPS p99_l=$W_P99 errs_l=$W_ERRS cpu_l=$CPU_US
+  n1=$(metric 'switchyard_rejected_requests_total{reason="rate_limited"}')
+  cycle off.local "$TMP/wrk-cycle-off.txt"
   local cpu_off=$CPU_US rps_off=$W_RPS
   echo
-  echo "== rate limiting over $CLIENTS distinct client addresses (X-Forwarded-For through a trusted proxy), route limit 0.1/s burst 10"
-  printf '%-40s %s\n' \
-    "requests sent" "$reqs_many in ${CLIENTS_DURATION}s ($rps_many req/s, p99 $(awk -v v="$p99_many" 'BEGIN{print v/1000}') ms, non-2xx/errors $errs_many)" \
-    "429s counted (rate_limited)" "$(awk -v a="${n1:-0}" -v b="${n0:-0}" 'BEGIN { print a - b }')" \
-    "clients holding a bucket after" "$clients_after (switchyard_rate_limit_clients)" \
+  echo "== rate limiting over $CLIENTS distinct client addresses (X-Forwarded-For through a trusted proxy, 127.0.0.1), limit 0.05/s burst 10"
+  printf '%-44s %s\n' \
+    "fill: one request per client" "$CLIENTS of $fill_reqs requests in ${fill_s}s (non-2xx/errors $fill_errs)" \
+    "clients holding a bucket after the fill" "$held (switchyard_rate_limit_clients)" \
     "RSS before" "$rss0 KiB" \
-    "RSS after the $CLIENTS clients" "$rss1 KiB ($(awk -v a="$rss1" -v b="$rss0" -v n="$CLIENTS" 'BEGIN { printf "%+d KiB, %.0f bytes per client", a - b, (a - b) * 1024 / n }'))" \
-    "RSS once swept" "$rss2 KiB (clients left: ${left:-?})" \
-    "cpu/req, limited route" "$cpu_many µs" \
+    "RSS after the fill" "$rss1 KiB ($(awk -v a="$rss1" -v b="$rss0" -v n="$CLIENTS" 'BEGIN { printf "%+d KiB, %.0f bytes per client", a - b, (a - b) * 1024 / n }'))" \
+    "RSS once swept" "$rss2 KiB (clients left: ${left:-?}, ${swept_s}s after)" \
+    "cycle, limited route" "$reqs_l requests in ${CLIENTS_DURATION}s ($rps_l req/s, p99 $(awk -v v="$p99_l" 'BEGIN{print v/1000}') ms, non-2xx/errors $errs_l, 429s counted $(awk -v a="${n1:-0}" -v b="${n0:-0}" 'BEGIN { print a - b }'))" \
+    "cpu/req, limited route" "$cpu_l µs" \
     "cpu/req, same load, route without limit" "$cpu_off µs ($rps_off req/s)" \
-    "the limiter with $CLIENTS clients" "$(awk -v a="$cpu_many" -v b="$cpu_off" 'BEGIN { printf "%+.2f µs per request", a - b }')"
+    "the limiter with $CLIENTS clients" "$(awk -v a="$cpu_l" -v b="$cpu_off" 'BEGIN { printf "%+.2f µs per request", a - b }')"
   stop_started "$SW_PID"
 }
 
