@@ -1249,6 +1249,7 @@ fn the_rate_limit_survives_a_new_snapshot() {
         config,
         &ReleaseState::default(),
         &Overrides::default(),
+        &Default::default(),
         &shared.retained,
     );
     shared.publish(snap);
