@@ -551,12 +551,13 @@ impl EtcdStore {
             .when(conds)
             .and_then([TxnOp::put(key.clone(), value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        // A member that just died can take a call with it: the call is tried again (the
-        // client balances over the endpoints). An attempt whose outcome is unknown may have
-        // committed: a later "conflict" whose current value is exactly ours is that commit.
+        // A member that just died takes the call with it, and the session may not have
+        // noticed yet: the session is told to move to another member, and the call is tried
+        // again on the new one. An attempt whose outcome is unknown may have committed: a
+        // later "conflict" whose current value is exactly ours is that commit.
         let mut last_error = String::new();
         let mut resp = None;
-        for _ in 0..TXN_ATTEMPTS {
+        for attempt in 1..=TXN_ATTEMPTS {
             match tokio::time::timeout(TXN_TIMEOUT, client.txn(txn.clone())).await {
                 Ok(Ok(r)) => {
                     resp = Some(r);
@@ -564,6 +565,11 @@ impl EtcdStore {
                 }
                 Ok(Err(e)) => last_error = e.to_string(),
                 Err(_) => last_error = "timed out".into(),
+            }
+            if attempt < TXN_ATTEMPTS {
+                tracing::debug!("a release's transaction failed ({last_error}): trying again on a new session");
+                self.up.store(false, Ordering::Relaxed);
+                client = self.connected_soon().await?;
             }
         }
         let Some(resp) = resp else {
