@@ -567,7 +567,9 @@ impl EtcdStore {
                 Err(_) => last_error = "timed out".into(),
             }
             if attempt < TXN_ATTEMPTS {
-                tracing::debug!("a release's transaction failed ({last_error}): trying again on a new session");
+                tracing::debug!(
+                    "a release's transaction failed ({last_error}): trying again on a new session"
+                );
                 self.up.store(false, Ordering::Relaxed);
                 client = self.connected_soon().await?;
             }
