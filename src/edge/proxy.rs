@@ -545,7 +545,7 @@ impl EdgeProxy {
                 host = request_host(req),
                 path = req.uri.path(),
                 status,
-                client = %ctx.client.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                client = ctx.client.ip.map(tracing::field::display),
                 service = ctx.service.as_ref().map_or("", |s| s.name.as_str()),
                 color = ctx.pool().map_or("", |p| p.color_label),
                 backend = ctx.backend.map(|b| b.to_string()).unwrap_or_default(),

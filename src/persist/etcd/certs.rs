@@ -23,7 +23,7 @@ use std::sync::Arc;
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
-use super::{EtcdStore, CALL_TIMEOUT};
+use super::EtcdStore;
 use crate::persist::store::StoreError;
 
 /// Where the TLS layer takes what the site shares.
@@ -128,10 +128,9 @@ impl EtcdStore {
     /// The site's ACME account credentials (JSON), if one was created.
     pub async fn acme_account(&self) -> Result<Option<String>, StoreError> {
         let mut client = self.connected_soon().await?;
-        let resp = tokio::time::timeout(CALL_TIMEOUT, client.get(self.key("acme/account"), None))
-            .await
-            .map_err(|_| self.unavailable("timed out"))?
-            .map_err(|e| self.unavailable(e))?;
+        let resp = self
+            .call(client.get(self.key("acme/account"), None))
+            .await?;
         Ok(resp
             .kvs()
             .first()
@@ -155,10 +154,7 @@ impl EtcdStore {
             .when([cond])
             .and_then([TxnOp::put(key.clone(), credentials, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = tokio::time::timeout(CALL_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| self.unavailable("timed out"))?
-            .map_err(|e| self.unavailable(e))?;
+        let resp = self.call(client.txn(txn)).await?;
         if resp.succeeded() {
             return Ok(credentials.to_string());
         }
@@ -225,13 +221,8 @@ impl EtcdStore {
     /// Asks the site's leader to renew `host` now (from any instance).
     pub async fn request_renewal(&self, host: &str) -> Result<(), StoreError> {
         let mut client = self.connected_soon().await?;
-        tokio::time::timeout(
-            CALL_TIMEOUT,
-            client.put(self.key(&format!("{RENEW}{host}")), self.id.clone(), None),
-        )
-        .await
-        .map_err(|_| self.unavailable("timed out"))?
-        .map_err(|e| self.unavailable(e))?;
+        let key = self.key(&format!("{RENEW}{host}"));
+        self.call(client.put(key, self.id.clone(), None)).await?;
         Ok(())
     }
 
@@ -251,21 +242,12 @@ impl EtcdStore {
             return Err(StoreError::NotLeader);
         }
         let lease = self.lease.load(Ordering::Relaxed);
-        let leader = self.key("leader");
-        let txn = Txn::new()
-            .when([
-                Compare::value(leader.clone(), CompareOp::Equal, self.id.clone()),
-                Compare::lease(leader, CompareOp::Equal, lease),
-            ])
-            .and_then([TxnOp::put(
-                self.key(rest),
-                value,
-                leased.then(|| PutOptions::new().with_lease(lease)),
-            )]);
-        let resp = tokio::time::timeout(CALL_TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| self.unavailable("timed out"))?
-            .map_err(|e| self.unavailable(e))?;
+        let txn = Txn::new().when(self.still_leader()).and_then([TxnOp::put(
+            self.key(rest),
+            value,
+            leased.then(|| PutOptions::new().with_lease(lease)),
+        )]);
+        let resp = self.call(client.txn(txn)).await?;
         if !resp.succeeded() {
             self.leader.store(false, Ordering::Relaxed);
             return Err(StoreError::NotLeader);
@@ -275,10 +257,7 @@ impl EtcdStore {
 
     async fn delete(&self, rest: &str) -> Result<(), StoreError> {
         let mut client = self.connected_soon().await?;
-        tokio::time::timeout(CALL_TIMEOUT, client.delete(self.key(rest), None))
-            .await
-            .map_err(|_| self.unavailable("timed out"))?
-            .map_err(|e| self.unavailable(e))?;
+        self.call(client.delete(self.key(rest), None)).await?;
         Ok(())
     }
 }

@@ -144,6 +144,28 @@ impl EtcdStore {
         }
     }
 
+    /// One etcd call, bounded by `CALL_TIMEOUT`; a failure counts etcd as unreachable.
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| self.unavailable("timed out"))?
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// The fencing of a leader's write: the `leader` key still names this instance under
+    /// its current lease (so a leader that lost it cannot write after another took over).
+    fn still_leader(&self) -> [Compare; 2] {
+        let key = self.key("leader");
+        let lease = self.lease.load(Ordering::Relaxed);
+        [
+            Compare::value(key.clone(), CompareOp::Equal, self.id.clone()),
+            Compare::lease(key, CompareOp::Equal, lease),
+        ]
+    }
+
     /// Waits up to `RECONNECT_WAIT` for a session (true when there is one).
     pub async fn wait_connected(&self) -> bool {
         self.connected_soon().await.is_ok()
@@ -193,13 +215,8 @@ impl EtcdStore {
         };
         let value = serde_json::to_vec(&me).expect("an instance serialises");
         let opts = (lease != 0).then(|| PutOptions::new().with_lease(lease));
-        tokio::time::timeout(
-            CALL_TIMEOUT,
-            client.put(self.key(&format!("instances/{}", self.id)), value, opts),
-        )
-        .await
-        .map_err(|_| self.unavailable("timed out"))?
-        .map_err(|e| self.unavailable(e))?;
+        let key = self.key(&format!("instances/{}", self.id));
+        self.call(client.put(key, value, opts)).await?;
         Ok(())
     }
 
@@ -539,13 +556,7 @@ impl EtcdStore {
             if !self.is_leader() {
                 return Err(StoreError::NotLeader);
             }
-            let lease = self.lease.load(Ordering::Relaxed);
-            conds.push(Compare::value(
-                self.key("leader"),
-                CompareOp::Equal,
-                self.id.clone(),
-            ));
-            conds.push(Compare::lease(self.key("leader"), CompareOp::Equal, lease));
+            conds.extend(self.still_leader());
         }
         let txn = Txn::new()
             .when(conds)
@@ -662,10 +673,7 @@ impl StateStore for EtcdStore {
         let mut client = self.connected_soon().await?;
         let key = self.key(&format!("history/{:024}-{}", unix_nanos(), self.id));
         let value = serde_json::to_vec(event).expect("an event serialises");
-        tokio::time::timeout(CALL_TIMEOUT, client.put(key, value, None))
-            .await
-            .map_err(|_| self.unavailable("timed out"))?
-            .map_err(|e| self.unavailable(e))?;
+        self.call(client.put(key, value, None)).await?;
         if let Err(e) = self.history_keep_bounded(&mut client).await {
             tracing::debug!("history trim: {e}");
         }
@@ -678,10 +686,9 @@ impl StateStore for EtcdStore {
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Descend)
             .with_limit(limit as i64);
-        let resp = tokio::time::timeout(CALL_TIMEOUT, client.get(self.key("history/"), Some(opts)))
-            .await
-            .map_err(|_| self.unavailable("timed out"))?
-            .map_err(|e| self.unavailable(e))?;
+        let resp = self
+            .call(client.get(self.key("history/"), Some(opts)))
+            .await?;
         let mut events: Vec<HistoryEvent> = resp
             .kvs()
             .iter()

@@ -101,15 +101,6 @@ impl EtcdStore {
         sum
     }
 
-    /// How many other instances contribute to `site_window` right now (for the log).
-    pub fn site_window_sources(&self, service: &str, color: Color) -> usize {
-        let remote = self.windows.remote.lock().unwrap();
-        remote
-            .values()
-            .filter(|(s, c, _, at)| s == service && *c == color && at.elapsed() < FRESH_FOR)
-            .count()
-    }
-
     /// A `slo/` key changed (from the watch, or the first read of a session).
     pub(super) fn on_window(&self, key: &[u8], value: Option<&[u8]>) {
         let key = String::from_utf8_lossy(key).into_owned();
