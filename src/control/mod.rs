@@ -37,7 +37,7 @@ use watch::Watch;
 
 use crate::core::config::{Config, StoreConfig};
 use crate::persist::etcd::EtcdStore;
-use crate::persist::store::{FileStore, PersistedState, StateStore, STATE_VERSION};
+use crate::persist::store::{FileStore, StateStore};
 use crate::runtime::shared::Shared;
 use crate::runtime::snapshot::{self, Retained};
 use crate::tls::CertManager;
@@ -96,10 +96,7 @@ impl Controller {
         site: Option<Arc<EtcdStore>>,
     ) -> Result<Arc<Controller>, ControlError> {
         let config = Arc::new(config);
-        let state = store.load()?.unwrap_or(PersistedState {
-            version: STATE_VERSION,
-            ..Default::default()
-        });
+        let state = store.load()?.unwrap_or_default();
         let overrides = commit::parse_overrides(&state)
             .map_err(|e| ControlError::Invalid(format!("{}: {e}", store.location())))?;
         let retained = Retained::default();

@@ -31,7 +31,7 @@ pub const HISTORY_MAX_EVENTS: usize = 10_000;
 pub const HISTORY_MAX_BYTES: u64 = 8 << 20;
 
 /// Everything that must survive a restart.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersistedState {
     pub version: u32,
@@ -40,6 +40,18 @@ pub struct PersistedState {
     /// service → color → backend addresses set with `releasectl backends`.
     #[serde(default)]
     pub overrides: BTreeMap<String, BTreeMap<Color, Vec<String>>>,
+}
+
+/// A fresh state (nothing released yet) says which format it is in: a state written from it
+/// must load again after a restart.
+impl Default for PersistedState {
+    fn default() -> Self {
+        PersistedState {
+            version: STATE_VERSION,
+            releases: ReleaseState::default(),
+            overrides: BTreeMap::new(),
+        }
+    }
 }
 
 impl HistoryEvent {

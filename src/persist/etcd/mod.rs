@@ -384,10 +384,7 @@ impl EtcdStore {
                 break;
             }
             // The first instance of a site seeds it with what it serves.
-            let local = self.cache.load().ok().flatten().unwrap_or(PersistedState {
-                version: STATE_VERSION,
-                ..Default::default()
-            });
+            let local = self.cache.load().ok().flatten().unwrap_or_default();
             let value = serde_json::to_vec(&local).expect("a state serialises");
             let txn = Txn::new()
                 .when([Compare::version(state_key.clone(), CompareOp::Equal, 0)])
