@@ -218,20 +218,7 @@ impl CertManager {
     /// Asks for a renewal of `hosts` (all when empty) at the next look, now.
     pub fn force_renew(&self, hosts: &[String]) -> Vec<String> {
         let config = self.shared.snapshot.load().config.clone();
-        let wanted = wanted_hosts(&config);
-        let mut m = self.hosts.lock().unwrap();
-        let mut out = Vec::new();
-        for h in wanted {
-            if hosts.is_empty() || hosts.contains(&h) {
-                let st = m.entry(h.clone()).or_default();
-                st.forced = true;
-                st.next_attempt = 0;
-                out.push(h);
-            }
-        }
-        drop(m);
-        self.wake.notify_one();
-        let config = self.shared.snapshot.load().config.clone();
+        let out = self.mark_forced(&config, hosts);
         if let Some(site) = tls_of(&config).and_then(|t| self.acme_site(t)).cloned() {
             // The leader orders for the site, whichever instance was asked.
             let hosts = out.clone();
@@ -246,18 +233,22 @@ impl CertManager {
         out
     }
 
-    /// Marks `host` for renewal at the next look (a request the site passed on).
-    fn force(&self, host: &str) {
-        let config = self.shared.snapshot.load().config.clone();
-        if !wanted_hosts(&config).iter().any(|h| h == host) {
-            return;
-        }
+    /// Marks the wanted hosts among `hosts` (all when empty) for renewal at the next look,
+    /// now; returns them.
+    fn mark_forced(&self, config: &Config, hosts: &[String]) -> Vec<String> {
         let mut m = self.hosts.lock().unwrap();
-        let st = m.entry(host.to_string()).or_default();
-        st.forced = true;
-        st.next_attempt = 0;
+        let mut out = Vec::new();
+        for h in wanted_hosts(config) {
+            if hosts.is_empty() || hosts.contains(&h) {
+                let st = m.entry(h.clone()).or_default();
+                st.forced = true;
+                st.next_attempt = 0;
+                out.push(h);
+            }
+        }
         drop(m);
         self.wake.notify_one();
+        out
     }
 
     /// Wakes the loop after a reload changed the hosts.
@@ -509,7 +500,8 @@ impl SiteCertSink for CertManager {
     }
 
     fn renewal_requested(&self, host: &str) {
-        self.force(host);
+        let config = self.shared.snapshot.load().config.clone();
+        self.mark_forced(&config, &[host.to_string()]);
     }
 }
 
