@@ -8,18 +8,22 @@
 #   tls        HTTPS keep-alive (TLS 1.3, SNI bench.local)         req/s, p50, p99, CPU µs/req
 #   handshake  a new connection with a FULL TLS handshake per request (wrk -H 'Connection:
 #              close' + wrk-noresume.so, which stops wrk resuming sessions) — handshakes/s, CPU µs/handshake
-# tls and handshake run once per certificate type (ECDSA P-256, RSA-2048; generated here).
+#   h2         HTTP/2 over TLS (ALPN h2), h2load -c$H2_CONNS -m$H2_STREAMS: H2_CONNS connections with
+#              H2_STREAMS concurrent streams each      req/s, request time mean/max, CPU µs/req
+# tls, handshake and h2 run once per certificate type (ECDSA P-256, RSA-2048; generated here).
 # The bare pingora proxy has no TLS: "n/a" in the TLS modes.
 #
 # Usage: bash loadtests/bench.sh          (defaults: about 5 minutes)
 #        ROUNDS=1 DURATION=2 WARMUP=0 bash loadtests/bench.sh   (quick run, about 1 minute)
 # Env (defaults in brackets):
-#   MODES ["http tls handshake"]   PROXIES ["switchyard nginx haproxy bare"]   CERTS ["ecdsa rsa"]
+#   MODES ["http tls handshake"]  (add h2: "http tls handshake h2")   PROXIES ["switchyard nginx haproxy bare"]   CERTS ["ecdsa rsa"]
 #   ROUNDS [3]        measured rounds per proxy and scenario
 #   DURATION [5]      seconds per round
 #   CONNS [32]        wrk connections (-c) in http/tls
 #   HS_CONNS [CONNS]  wrk connections in handshake mode
-#   THREADS [1]       wrk threads (-t)
+#   H2_CONNS [10]     h2load connections (-c) in h2 mode
+#   H2_STREAMS [10]   h2load concurrent streams per connection (-m) in h2 mode
+#   THREADS [1]       wrk / h2load threads (-t)
 #   WORKERS [1]       nginx worker_processes = haproxy nbthread = switchyard [server] threads
 #                     = bare pingora threads
 #   UPSTREAM_WORKERS [1]  worker_processes of the upstream nginx
@@ -39,6 +43,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-32}
 HS_CONNS=${HS_CONNS:-$CONNS}
+H2_CONNS=${H2_CONNS:-10}
+H2_STREAMS=${H2_STREAMS:-10}
 THREADS=${THREADS:-1}
 WORKERS=${WORKERS:-1}
 UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
@@ -53,9 +59,10 @@ SW_BIN=${SW_BIN:-$LIB_REPO/target/release/switchyard}
 BARE_BIN=${BARE_BIN:-$LIB_REPO/target/release/examples/bare_pingora}
 
 # ---------------------------------------------------------------- settings
-require_uint ROUNDS DURATION CONNS HS_CONNS THREADS WORKERS UPSTREAM_WORKERS WARMUP READY_TIMEOUT
-((ROUNDS >= 1 && DURATION >= 1 && CONNS >= 1 && HS_CONNS >= 1 && THREADS >= 1 && WORKERS >= 1 && UPSTREAM_WORKERS >= 1)) ||
-  { echo "ROUNDS, DURATION, CONNS, HS_CONNS, THREADS, WORKERS, UPSTREAM_WORKERS must be >= 1" >&2; exit 2; }
+require_uint ROUNDS DURATION CONNS HS_CONNS H2_CONNS H2_STREAMS THREADS WORKERS UPSTREAM_WORKERS WARMUP READY_TIMEOUT
+((ROUNDS >= 1 && DURATION >= 1 && CONNS >= 1 && HS_CONNS >= 1 && H2_CONNS >= 1 && H2_STREAMS >= 1 && THREADS >= 1 &&
+  WORKERS >= 1 && UPSTREAM_WORKERS >= 1)) ||
+  { echo "ROUNDS, DURATION, CONNS, HS_CONNS, H2_CONNS, H2_STREAMS, THREADS, WORKERS, UPSTREAM_WORKERS must be >= 1" >&2; exit 2; }
 read -ra MODE_LIST <<<"$MODES"
 read -ra PROXY_LIST <<<"$PROXIES"
 read -ra CERT_LIST <<<"$CERTS"
@@ -65,22 +72,23 @@ in_list() { # WORD LIST-WORDS…
   for x in "$@"; do [[ $x == "$w" ]] && return 0; done
   return 1
 }
-for m in "${MODE_LIST[@]}"; do in_list "$m" http tls handshake || { echo "MODES: unknown mode '$m' (http tls handshake)" >&2; exit 2; }; done
+for m in "${MODE_LIST[@]}"; do in_list "$m" http tls handshake h2 || { echo "MODES: unknown mode '$m' (http tls handshake h2)" >&2; exit 2; }; done
 for p in "${PROXY_LIST[@]}"; do in_list "$p" switchyard base nginx haproxy bare || { echo "PROXIES: unknown proxy '$p' (switchyard base nginx haproxy bare)" >&2; exit 2; }; done
 for c in "${CERT_LIST[@]}"; do in_list "$c" ecdsa rsa || { echo "CERTS: unknown certificate type '$c' (ecdsa rsa)" >&2; exit 2; }; done
 ((${#MODE_LIST[@]} && ${#PROXY_LIST[@]})) || { echo "MODES and PROXIES must not be empty" >&2; exit 2; }
 want_mode() { in_list "$1" "${MODE_LIST[@]}"; }
+if want_mode h2 && ((THREADS > H2_CONNS)); then echo "THREADS must be <= H2_CONNS (h2load -t/-c)" >&2; exit 2; fi
 want_proxy() { in_list "$1" "${PROXY_LIST[@]}"; }
 NEED_TLS=0
-if want_mode tls || want_mode handshake; then
-  ((${#CERT_LIST[@]})) || { echo "CERTS must not be empty with the tls or handshake mode" >&2; exit 2; }
+if want_mode tls || want_mode handshake || want_mode h2; then
+  ((${#CERT_LIST[@]})) || { echo "CERTS must not be empty with the tls, handshake or h2 mode" >&2; exit 2; }
   NEED_TLS=1
 fi
 
 # Scenarios ("mode cert"), in report order, and the proxies each one runs.
 SCENARIOS=()
 want_mode http && SCENARIOS+=("http -")
-for m in tls handshake; do
+for m in tls handshake h2; do
   want_mode "$m" || continue
   for c in "${CERT_LIST[@]}"; do SCENARIOS+=("$m $c"); done
 done
@@ -102,7 +110,9 @@ want_mode http && STARTS=$(scenario_proxies http | wc -l)
 pkgs=(nginx:nginx wrk:wrk curl:curl)
 want_proxy haproxy && pkgs+=(haproxy:haproxy)
 ((NEED_TLS)) && pkgs+=(openssl:openssl)
+# shellcheck disable=SC2054 # CMD:PKG,PKG is one word (ensure_pkgs)
 want_mode handshake && pkgs+=(cc:gcc,libc6-dev)
+want_mode h2 && pkgs+=(h2load:nghttp2-client)
 ensure_pkgs "${pkgs[@]}"
 want_proxy switchyard && ensure_built "$SW_BIN" --bin switchyard
 if want_proxy base && [[ ! -x ${BASE_BIN:-} ]]; then
@@ -115,7 +125,7 @@ lib_init bench
 
 # Run copies: a `cargo build` during the run (the box is shared) must not swap the binary
 # between two groups. The header notes are taken from the originals, now.
-SW_NOTE= BARE_NOTE= BASE_NOTE=
+SW_NOTE='' BARE_NOTE='' BASE_NOTE=''
 mkdir -p "$TMP/bin"
 if want_proxy switchyard; then
   SW_NOTE="switchyard $(git_rev), $(build_note "$SW_BIN")"
@@ -240,7 +250,11 @@ start_proxy() { # NAME GROUP
     nginx)
       local listen="listen 127.0.0.1:$port;"
       if [[ $group != plain ]]; then
-        listen="listen 127.0.0.1:$port ssl;
+        # http2 on the listen only with the h2 mode: ALPN then offers h2; wrk (tls,
+        # handshake modes) offers no ALPN and gets HTTP/1.1 either way
+        local h2=
+        want_mode h2 && h2=" http2"
+        listen="listen 127.0.0.1:$port ssl$h2;
         ssl_certificate $CERT_DIR/$group.crt;
         ssl_certificate_key $CERT_DIR/$group.key;
         ssl_protocols TLSv1.2 TLSv1.3;"
@@ -275,6 +289,7 @@ EOF
     haproxy)
       local bind="bind 127.0.0.1:$port"
       [[ $group != plain ]] && bind+=" ssl crt $CERT_DIR/$group.pem ssl-min-ver TLSv1.2"
+      [[ $group != plain ]] && want_mode h2 && bind+=" alpn h2,http/1.1"
       cat >"$dir/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
@@ -303,7 +318,7 @@ EOF
       PROXY_LOG[$name]=$dir/haproxy.log
       ;;
     switchyard | base)
-      local admin listen_key=http tls_section= bin=$SW_BIN
+      local admin listen_key=http tls_section='' bin=$SW_BIN
       [[ $name == base ]] && bin=$BASE_BIN
       admin=$(free_port)
       if [[ $group != plain ]]; then
@@ -335,6 +350,7 @@ service = "app"
 [service.app]
 backends = ["127.0.0.1:$UP_PORT"]
 EOF
+      # shellcheck disable=SC2016 # expanded by the inner bash
       start_bg "$dir/switchyard.log" bash -c 'cd "$1" && SWITCHYARD_LOG=$2 exec "$3" run --config "$1/sw.toml"' \
         _ "$dir" "$SW_LOG" "$bin"
       PROXY_LOG[$name]=$dir/switchyard.log
@@ -356,6 +372,7 @@ EOF
   if [[ $group != plain ]]; then
     extra=", $(tls_params "$port" "$group")"
     want_mode handshake && check_close "$name ($group)" "$port"
+    want_mode h2 && check_alpn_h2 "$name ($group)" "$port" && extra+=", ALPN h2"
   fi
   log "$name ($group) pid $STARTED_PID on 127.0.0.1:$port$extra"
 }
@@ -369,6 +386,14 @@ check_close() { # NAME PORT
   ((rc != 124)) || die "$1: kept the connection open after a 'Connection: close' request"
   grep -qi '^connection: *close' <<<"${out//$'\r'/}" ||
     die "$1: no 'Connection: close' in the response to a 'Connection: close' request: ${out:0:300}"
+}
+
+# h2 mode: a client offering "h2,http/1.1" must get h2 (each h2load round checks it again)
+check_alpn_h2() { # NAME PORT
+  local out
+  out=$(openssl s_client -connect "127.0.0.1:$2" -servername "$HOST_NAME" -alpn h2,http/1.1 </dev/null 2>&1 || true)
+  grep -q '^ALPN protocol: h2$' <<<"$out" ||
+    die "$1: did not negotiate h2 by ALPN (openssl s_client -alpn h2,http/1.1 says: $(grep -i alpn <<<"$out" | head -n 1))"
 }
 
 # "TLSv1.3 TLS_AES_256_GCM_SHA384 X25519 ECDSA" as negotiated by an OpenSSL client (the
@@ -410,7 +435,7 @@ check_client() {
 }
 
 # ---------------------------------------------------------------- rounds
-declare -A RPS=() P50=() P99=() CPU=() UPC=() OPENS=() ERRS=() # "mode cert|proxy" -> per-round values
+declare -A RPS=() P50=() P99=() MEAN=() MAXT=() CPU=() UPC=() OPENS=() ERRS=() # "mode cert|proxy" -> per-round values
 
 active_opens() { awk '/^Tcp:/ && ++n == 2 { print $6 }' /proc/net/snmp; }
 
@@ -428,29 +453,56 @@ wrk_args() { # MODE PORT CONNS -> sets WRK_ARGS and WRK_ENV
   esac
 }
 
+# h2 mode: h2load over https://bench.local:PORT/ (SNI and :authority bench.local) connecting
+# to 127.0.0.1; ALPN offers h2 first (h2load's default list). Output to OUTFILE; dies unless
+# the connections really spoke h2.
+run_h2load() { # OUTFILE SECONDS PORT NAME
+  local out=$1 secs=$2 port=$3 name=$4
+  run_timed "$out" $((secs + 30)) h2load -t"$THREADS" -c"$H2_CONNS" -m"$H2_STREAMS" -D "$secs" \
+    --connect-to="127.0.0.1:$port" "https://$HOST_NAME:$port/"
+  ((RUN_RC == 0)) || { cat "$out" >&2; die "$name: h2load failed (exit $RUN_RC)"; }
+  grep -q '^Application protocol: h2$' "$out" ||
+    { cat "$out" >&2; die "$name: h2load did not negotiate h2 ($(grep -i 'protocol' "$out" | head -n 1))"; }
+}
+
+# load of MODE on PORT for SECONDS, raw output to OUTFILE (wrk, or h2load in h2 mode)
+drive() { # MODE PORT CONNS SECONDS OUTFILE NAME
+  if [[ $1 == h2 ]]; then
+    run_h2load "$5" "$4" "$2" "$6"
+  else
+    wrk_args "$1" "$2" "$3"
+    run_wrk "$5" "$4" "${WRK_ARGS[@]}"
+    WRK_ENV=()
+  fi
+}
+
 one_round() { # MODE CERT ROUND PROXY
   local mode=$1 cert=$2 r=$3 name=$4 pid=${PROXY_PID[$4]} port=${PROXY_PORT[$4]}
   local key="$mode $cert|$name" out=$TMP/wrk-$mode-$cert-$name-$r.txt t0 t1 u0 u1 o0 o1 conns=$CONNS
   [[ $mode == handshake ]] && conns=$HS_CONNS
   kill -0 "$pid" 2>/dev/null || { tail -n 30 "${PROXY_LOG[$name]}" >&2 || true; die "$name (pid $pid) is gone"; }
-  wrk_args "$mode" "$port" "$conns"
+  [[ $mode == h2 ]] && out=$TMP/h2load-$cert-$name-$r.txt
   o0=$(active_opens)
   t0=$(tree_ticks "$pid")
   u0=$(tree_ticks "$UP_PID")
-  run_wrk "$out" "$DURATION" "${WRK_ARGS[@]}"
+  drive "$mode" "$port" "$conns" "$DURATION" "$out" "$name"
   t1=$(tree_ticks "$pid")
   u1=$(tree_ticks "$UP_PID")
   o1=$(active_opens)
-  WRK_ENV=()
-  parse_wrk "$out"
-  ((W_REQS > 0)) || { cat "$out" >&2; die "$name: wrk completed no request"; }
+  if [[ $mode == h2 ]]; then parse_h2load "$out"; else parse_wrk "$out"; fi
+  ((W_REQS > 0)) || { cat "$out" >&2; die "$name: the client completed no request"; }
   local cpu up opens
   cpu=$(ticks_per_us $((t1 - t0)) "$W_REQS")
   up=$(ticks_per_us $((u1 - u0)) "$W_REQS")
   opens=$(awk -v d=$((o1 - o0)) -v n="$W_REQS" 'BEGIN { printf "%.2f", d / n }')
   RPS[$key]+="$W_RPS "
-  P50[$key]+="$W_P50 "
-  P99[$key]+="$W_P99 "
+  if [[ $mode == h2 ]]; then
+    MEAN[$key]+="$W_MEAN "
+    MAXT[$key]+="$W_MAX "
+  else
+    P50[$key]+="$W_P50 "
+    P99[$key]+="$W_P99 "
+  fi
   CPU[$key]+="$cpu "
   UPC[$key]+="$up "
   OPENS[$key]+="$opens "
@@ -460,6 +512,10 @@ one_round() { # MODE CERT ROUND PROXY
   if [[ $mode == handshake ]]; then
     printf '%-15s round %d  %-10s  hs/s  %9.0f                                  cpu/hs  %8.2f µs  (new conns/hs %.2f, upstream %5.2f µs, errors %d, load %s)\n' \
       "$label" "$r" "$name" "$W_RPS" "$cpu" "$opens" "$up" "$W_ERRS" "$(loadavg)"
+  elif [[ $mode == h2 ]]; then
+    printf '%-15s round %d  %-10s  req/s %9.0f  mean %6.3f ms  max %7.3f ms  cpu/req %8.2f µs  (upstream %5.2f µs, errors %d, load %s)\n' \
+      "$label" "$r" "$name" "$W_RPS" "$(awk -v v="$W_MEAN" 'BEGIN{print v/1000}')" \
+      "$(awk -v v="$W_MAX" 'BEGIN{print v/1000}')" "$cpu" "$up" "$W_ERRS" "$(loadavg)"
   else
     printf '%-15s round %d  %-10s  req/s %9.0f  p50 %7.3f ms  p99 %7.3f ms  cpu/req %8.2f µs  (upstream %5.2f µs, errors %d, load %s)\n' \
       "$label" "$r" "$name" "$W_RPS" "$(awk -v v="$W_P50" 'BEGIN{print v/1000}')" \
@@ -474,6 +530,7 @@ run_group() { # GROUP (plain | ecdsa | rsa)
   else
     want_mode tls && modes+=(tls)
     want_mode handshake && modes+=(handshake)
+    want_mode h2 && modes+=(h2)
   fi
   mapfile -t names < <(scenario_proxies "${modes[0]}")
   ((${#names[@]})) || return 0
@@ -483,10 +540,8 @@ run_group() { # GROUP (plain | ecdsa | rsa)
   [[ $group != plain ]] && cert=$group
   if ((WARMUP > 0)); then
     for name in "${names[@]}"; do
-      log "warm-up $name ($group) ${WARMUP}s"
-      wrk_args "${modes[0]}" "${PROXY_PORT[$name]}" "$CONNS"
-      run_wrk "$TMP/wrk-warmup-$group-$name.txt" "$WARMUP" "${WRK_ARGS[@]}"
-      WRK_ENV=()
+      log "warm-up $name ($group, ${modes[0]}) ${WARMUP}s"
+      drive "${modes[0]}" "${PROXY_PORT[$name]}" "$CONNS" "$WARMUP" "$TMP/warmup-$group-$name.txt" "$name"
     done
   fi
   for m in "${modes[@]}"; do
@@ -505,6 +560,7 @@ versions="$(nginx -v 2>&1 | sed 's/^nginx version: //')"
 want_proxy haproxy && versions+=", haproxy $( (haproxy -v 2>/dev/null || true) | awk 'NR == 1 { print $3 }')"
 versions+=", wrk $( (wrk -v 2>&1 || true) | awk 'NR == 1 { print $2 }')" # wrk -v exits 1
 ((NEED_TLS)) && versions+=", $(openssl version | awk '{ print $1 " " $2 }')"
+want_mode h2 && versions+=", $(h2load --version | awk 'NR == 1 { print $2 }')"
 echo "== bench: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cpu(s), $(uname -r), load average at start $LOAD_START"
 echo "== $versions"
 [[ -n $SW_NOTE ]] && echo "== $SW_NOTE"
@@ -512,6 +568,7 @@ echo "== $versions"
 [[ -n $BASE_NOTE ]] && echo "== $BASE_NOTE"
 echo "== modes: ${MODE_LIST[*]}; certs: ${CERT_LIST[*]}; proxies: ${PROXY_LIST[*]}"
 echo "== $ROUNDS rounds x ${DURATION}s per proxy and scenario, wrk -t$THREADS -c$CONNS (handshake -c$HS_CONNS)," \
+  "h2load -t$THREADS -c$H2_CONNS -m$H2_STREAMS (h2 mode)," \
   "workers $WORKERS, upstream workers $UPSTREAM_WORKERS; about $((SLOTS * ROUNDS * DURATION + STARTS * (WARMUP + 2) + 5)) s"
 want_mode handshake && check_client
 
@@ -541,6 +598,8 @@ for s in "${SCENARIOS[@]}"; do
   [[ $cert != - ]] && label+=" $cert"
   if [[ $mode == handshake ]]; then
     rows=("hs/s:RPS:1:.0f" "cpu/hs (µs):CPU:1:.1f" "new conns/hs:OPENS:1:.2f")
+  elif [[ $mode == h2 ]]; then
+    rows=("req/s:RPS:1:.0f" "mean (ms):MEAN:1000:.3f" "max (ms):MAXT:1000:.3f" "cpu/req (µs):CPU:1:.2f")
   else
     rows=("req/s:RPS:1:.0f" "p50 (ms):P50:1000:.3f" "p99 (ms):P99:1000:.3f" "cpu/req (µs):CPU:1:.2f")
   fi
@@ -566,7 +625,7 @@ for s in "${SCENARIOS[@]}"; do
   done
 done
 if ((total_errs > 0)); then
-  log "WARNING: non-2xx responses or socket errors were seen (raw wrk output in $TMP)"
+  log "WARNING: non-2xx responses, socket errors or failed h2 requests were seen (raw wrk/h2load output in $TMP)"
   KEEP_TMP=1
 fi
 if ((low_opens)); then

@@ -374,3 +374,19 @@ parse_wrk() {
   W_P99=$(to_us "$p99")
   W_ERRS=$((${non2xx:-0} + ${sockerr:-0}))
 }
+
+# parse_h2load OUTFILE — sets W_REQS (requests done) W_RPS W_MEAN W_MAX (µs: mean and max of
+# h2load's "time for request"; it reports min/max/mean/sd, no percentiles) W_ERRS (h2load's
+# "failed": stream/connection errors, timeouts and HTTP-level failures)
+parse_h2load() {
+  local out=$1 mean max
+  W_RPS=$(awk '/^finished in/ { print $4; exit }' "$out")
+  W_REQS=$(awk '/^requests:/ { print $6; exit }' "$out")
+  W_ERRS=$(awk '/^requests:/ { print $10; exit }' "$out")
+  max=$(awk '/^time for request:/ { print $5; exit }' "$out")
+  mean=$(awk '/^time for request:/ { print $6; exit }' "$out")
+  [[ -n $W_REQS && -n $W_RPS && -n $W_ERRS && -n $mean && -n $max ]] ||
+    { cat "$out" >&2; die "could not parse h2load output ($out)"; }
+  W_MEAN=$(to_us "$mean")
+  W_MAX=$(to_us "$max")
+}
