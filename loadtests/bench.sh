@@ -128,7 +128,9 @@ lib_init bench
 SW_NOTE='' BARE_NOTE='' BASE_NOTE=''
 mkdir -p "$TMP/bin"
 if want_proxy switchyard; then
-  SW_NOTE="switchyard $(git_rev), $(build_note "$SW_BIN")"
+  # the commit only says what the binary is when it was built from this tree
+  if [[ $(realpath "$SW_BIN") == "$LIB_REPO"/* ]]; then SW_NOTE="switchyard $(git_rev)"; else SW_NOTE="switchyard $SW_BIN"; fi
+  SW_NOTE+=", $(build_note "$SW_BIN")"
   cp "$SW_BIN" "$TMP/bin/switchyard"
   SW_BIN=$TMP/bin/switchyard
 fi

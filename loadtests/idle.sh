@@ -250,8 +250,11 @@ start_proxy() {
         ssl_certificate_key $CERT_DIR/leaf.key;
         ssl_protocols TLSv1.2 TLSv1.3;"
       {
-        # each worker may hold all the clients plus its upstream connections
-        nginx_common "$dir" $((CONNS + 1000))
+        # each worker may hold all the clients plus its upstream connections; and nginx
+        # closes idle keep-alive connections ("worker_connections are not enough, reusing
+        # connections") once fewer than 1/16 of worker_connections are free: twice CONNS
+        # keeps it from touching them (the descriptors stay bounded by ulimit -n)
+        nginx_common "$dir" $((2 * CONNS + 1000))
         echo "worker_processes $WORKERS;"
         echo "worker_rlimit_nofile $FD_LIMIT;"
         echo "http {"
