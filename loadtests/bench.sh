@@ -52,8 +52,9 @@ WARMUP=${WARMUP:-2}
 SW_LOG=${SW_LOG:-warn}
 HOST_NAME=bench.local
 
+# shellcheck disable=SC2034 # LIB_TAG, KEEP_TMP, WRK_ENV: read by lib.sh
 LIB_TAG=bench
-# shellcheck source=loadtests/lib.sh
+# shellcheck source=loadtests/lib.sh disable=SC1091 # followed with shellcheck -x
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SW_BIN=${SW_BIN:-$LIB_REPO/target/release/switchyard}
 BARE_BIN=${BARE_BIN:-$LIB_REPO/target/release/examples/bare_pingora}
@@ -474,6 +475,7 @@ drive() { # MODE PORT CONNS SECONDS OUTFILE NAME
   else
     wrk_args "$1" "$2" "$3"
     run_wrk "$5" "$4" "${WRK_ARGS[@]}"
+    # shellcheck disable=SC2034 # read by run_wrk (lib.sh)
     WRK_ENV=()
   fi
 }
@@ -628,10 +630,12 @@ for s in "${SCENARIOS[@]}"; do
 done
 if ((total_errs > 0)); then
   log "WARNING: non-2xx responses, socket errors or failed h2 requests were seen (raw wrk/h2load output in $TMP)"
+  # shellcheck disable=SC2034 # read by lib.sh's exit trap
   KEEP_TMP=1
 fi
 if ((low_opens)); then
   log "WARNING: fewer new TCP connections than requests in handshake mode: a proxy kept connections" \
     "open despite 'Connection: close' (raw wrk output in $TMP)"
+  # shellcheck disable=SC2034 # read by lib.sh's exit trap
   KEEP_TMP=1
 fi

@@ -43,8 +43,9 @@ IDLE_TIMEOUT=${IDLE_TIMEOUT:-600}
 SW_LOG=${SW_LOG:-warn}
 HOST_NAME=idle.local
 
+# shellcheck disable=SC2034 # LIB_TAG, KEEP_TMP, WRK_ENV: read by lib.sh
 LIB_TAG=idle
-# shellcheck source=loadtests/lib.sh
+# shellcheck source=loadtests/lib.sh disable=SC1091 # followed with shellcheck -x
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SW_BIN=${SW_BIN:-$LIB_REPO/target/release/switchyard}
 
@@ -413,6 +414,7 @@ for mode in "${MODE_LIST[@]}"; do
   done
 done
 if ((bad)); then
+  # shellcheck disable=SC2034 # read by lib.sh's exit trap
   KEEP_TMP=1
   die "not every connection was made, held and still established, or a fresh request did not get 200 (see above; outputs in $TMP)"
 fi

@@ -1,4 +1,5 @@
 # lib.sh — shared helpers of the load-test scripts (sourced, not run).
+# shellcheck shell=bash disable=SC2034 # W_*, RUN_RC, …: globals set for the scripts that source it
 #
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
@@ -81,7 +82,7 @@ cargo_release() {
 # "built 2025-01-01T12:00Z" (+ a warning when a source file is newer than the binary)
 build_note() {
   local bin=$1 newer
-  newer=$(cd "$LIB_REPO" && find src examples Cargo.toml Cargo.lock -type f -newer "$bin" -print -quit 2>/dev/null || true)
+  newer=$(cd "$LIB_REPO" && find src examples Cargo.toml Cargo.lock -type f -newer "$bin" -print -quit 2>/dev/null) || true
   printf 'built %s%s' "$(date -u -r "$bin" +%Y-%m-%dT%H:%MZ)" "${newer:+ (OLDER than $newer: rebuild?)}"
 }
 
