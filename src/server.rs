@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::listeners::ListenerConfig;
-use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::protocols::Stream;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -38,6 +36,7 @@ use crate::demo::DemoBackend;
 use crate::edge::h1::EdgeApp;
 use crate::edge::proxy::EdgeProxy;
 use crate::runtime::health::HealthChecker;
+use crate::runtime::listener::ClientListener;
 use crate::runtime::rate_limiter::RateLimitSweeper;
 use crate::runtime::seams::Http01Answers;
 use crate::runtime::shared::Shared;
@@ -47,19 +46,6 @@ use crate::tls::{self, CertManager, CertService};
 pub struct RunOptions {
     /// Start the built-in blue and green demo backends on the addresses of the demo service.
     pub demo_service: Option<String>,
-}
-
-/// Read buffer of each HTTPS client connection: rustls reads a TLS record at a time, and a
-/// buffer that holds a full record (16 KiB) saves syscalls. pingora's default, 64 KiB, made
-/// an idle keep-alive connection cost ~100 KiB (see loadtests/README.md, "Scale").
-const TLS_CLIENT_READ_BUFFER: usize = 16 * 1024;
-
-/// Plain HTTP client connections read straight into the h1 session's own header and body
-/// buffers: a buffer in front of them would only add a copy, and 16 KiB per idle connection.
-const PLAIN_CLIENT_READ_BUFFER: usize = 0;
-
-fn client_listener(addr: SocketAddr, read_buffer: usize) -> ListenerConfig {
-    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(read_buffer))
 }
 
 /// Fails early, with the key's name, when a listen address is taken: pingora would panic.
@@ -146,9 +132,11 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         let app = EdgeApp::new(&conf, edge, connections.clone());
         let probe = ListenerProbe::new("listen.http", http);
         probes.push((probe.clone(), readiness.latch("listen.http")));
-        let mut proxy = Service::new("proxy http".to_string(), Probed::new(app, probe));
-        proxy.add_listener(client_listener(http, PLAIN_CLIENT_READ_BUFFER));
-        services.push(Box::new(proxy));
+        services.push(Box::new(ClientListener::new(
+            "proxy http",
+            http,
+            Probed::new(app, probe),
+        )));
     }
     if let (Some(https), Some(certs)) = (config.listen.https, &certs) {
         let edge = EdgeProxy {
@@ -161,9 +149,11 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
         let probe = ListenerProbe::new("listen.https", https);
         probes.push((probe.clone(), readiness.latch("listen.https")));
-        let mut svc = Service::new("proxy https".to_string(), Probed::new(front, probe));
-        svc.add_listener(client_listener(https, TLS_CLIENT_READ_BUFFER));
-        services.push(Box::new(svc));
+        services.push(Box::new(ClientListener::new(
+            "proxy https",
+            https,
+            Probed::new(front, probe),
+        )));
         services.push(Box::new(background_service(
             "certificates",
             CertService(certs.clone()),

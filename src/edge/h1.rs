@@ -28,7 +28,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::HttpProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -150,14 +150,17 @@ impl EdgeApp {
             {
                 Ok(_) => {}
                 Err(HeadEnd::Close) => return,
-                Err(HeadEnd::Refuse(refusal)) => return refuse(stream, refusal).await,
+                // Boxed: its linger buffer is not part of every idle connection.
+                Err(HeadEnd::Refuse(refusal)) => return Box::pin(refuse(stream, refusal)).await,
             };
             let mut session = ServerSession::new_http1(stream);
             // pingora parses the head again from these bytes without reading (it was checked
             // above); what follows it is the start of the body or of pipelined requests.
             session.set_pipelined_prefix(std::mem::take(&mut buf));
             session.set_keepalive(Some(limits.idle_timeout.as_secs()));
-            match self.serve(session, shutdown, &limits).await {
+            // Boxed: the request's state (sessions, buffers, upstream I/O) exists while a
+            // request does, and a connection idle between requests keeps only this loop.
+            match Box::pin(self.serve(session, shutdown, &limits)).await {
                 Some((next, rest)) => {
                     stream = next;
                     buf = rest.unwrap_or_default();
@@ -216,11 +219,10 @@ impl EdgeApp {
             if self.closing.load(Ordering::Acquire) {
                 return Err(HeadEnd::Close);
             }
-            buf.reserve(HEAD_BUFFER);
             let wait = deadline.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
             let read = tokio::select! {
                 biased;
-                read = tokio::time::timeout_at(wait, stream.read_buf(buf)) => read,
+                read = tokio::time::timeout_at(wait, read_first(stream, buf)) => read,
                 _ = closing => return Err(HeadEnd::Close),
             };
             match read {
@@ -812,6 +814,26 @@ impl<'a> BodyReader<'a> {
             return Ok(Some(chunk));
         }
     }
+}
+
+/// Waits for a connection's next bytes without holding a buffer meanwhile: an idle
+/// keep-alive connection costs no read buffer. The bytes are read on the stack, then copied
+/// into `buf` (reserved to `HEAD_BUFFER`), which the rest of the head then fills.
+async fn read_first(stream: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut first = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_BUFFER];
+        let mut read = tokio::io::ReadBuf::uninit(&mut first);
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read) {
+            std::task::Poll::Ready(Ok(())) => {
+                buf.reserve(HEAD_BUFFER);
+                buf.extend_from_slice(read.filled());
+                std::task::Poll::Ready(Ok(read.filled().len()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Answers a refused request and closes the connection, reading what the client still sends

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod health;
+pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod rate_limiter;

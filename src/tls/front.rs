@@ -64,7 +64,9 @@ impl<A: ConnectionServer> ServerApp for TlsFront<A> {
         }
         // The handshake counts against the first request's head deadline (slowloris on TLS).
         let deadline = accepted + self.proxy.limits().header_timeout;
-        let tls = match tokio::time::timeout_at(deadline, self.acceptor.tls_handshake(*tcp)).await {
+        // Boxed: the handshake's state is freed once it is done, not kept for the connection's life.
+        let handshake = Box::pin(self.acceptor.tls_handshake(*tcp));
+        let tls = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::debug!("TLS handshake failed: {e}");
