@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use crate::core::config::Limits;
 use crate::core::request_head::{self, Refusal, Rejection};
 use crate::edge::client_addr;
+use crate::edge::coalesce::Coalesced;
 use crate::edge::proxy::{
     check_drain, compression_error, error_kind, error_status, local_header, status_sent, EdgeProxy,
     ErrorStatus, RequestCtx,
@@ -134,7 +135,8 @@ impl EdgeApp {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.serve_h2(stream, shutdown, &limits, accepted).await;
         }
-        let mut stream = stream;
+        // A response's head and short body leave in one send (see `edge::coalesce`).
+        let mut stream: Stream = Box::new(Coalesced::new(stream));
         let mut buf = BytesMut::new();
         let mut first = true;
         loop {

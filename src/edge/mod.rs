@@ -4,9 +4,11 @@
 //! to pingora-proxy; `proxy` holds the per-request decisions both share; `client_addr` says
 //! who the client is (PROXY protocol, trusted X-Forwarded-For); `middleware` holds a route's
 //! header edits, rate limit and compression; `upstream` keeps idle backend connections per
-//! thread; `replay` gives back bytes read ahead.
+//! thread; `replay` gives back bytes read ahead; `coalesce` sends a response head and short body
+//! in one write.
 
 pub mod client_addr;
+pub mod coalesce;
 pub mod h1;
 pub mod middleware;
 pub mod proxy;
