@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::edge::upstream_h1::UpstreamSession;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use http::header;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
-use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};

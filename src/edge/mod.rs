@@ -14,3 +14,4 @@ pub mod middleware;
 pub mod proxy;
 pub mod replay;
 pub mod upstream;
+pub mod upstream_h1;

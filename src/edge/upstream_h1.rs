@@ -1,0 +1,557 @@
+//! HTTP/1.1 toward a backend: the request head written in one send, the response head
+//! parsed once (httparse, into a header without a case map), the body relayed by its
+//! framing, and the connection handed back for reuse only when its response ended cleanly.
+//!
+//! Why not pingora's client session: per request it built the response header twice (its own
+//! parse with a case map, then our copy to edit), wrapped every read and write in a timer,
+//! and serialised through several buffers; this is the cost the profile showed
+//! (loadtests/README.md, "Performance"). The interface is the subset `edge::h1` used, with
+//! the same error types, so the request path reads the same.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use pingora_core::protocols::Stream;
+use pingora_core::{Error, ErrorType, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A backend's response head may be this long (pingora's limit too).
+const MAX_HEAD: usize = 1024 * 1024;
+/// Header lines in a backend's response head.
+const MAX_HEADERS: usize = 256;
+/// Header slots tried first.
+const FEW_HEADERS: usize = 48;
+const TOO_MANY: &str = "too many headers for the first try";
+/// Read size for heads and bodies.
+const READ_CHUNK: usize = 16 * 1024;
+/// A chunk-size line (size and extensions) may be this long.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// How the request body goes to the backend.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RequestBody {
+    None,
+    Length,
+    Chunked,
+    /// After a 101: bytes as they come.
+    Raw,
+}
+
+/// Where the response body stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ResponseBody {
+    /// No response head yet.
+    Head,
+    /// Bytes still to come of a Content-Length body.
+    Length(u64),
+    Chunked(Chunk),
+    /// Ends when the backend closes (no length, not chunked; or after a 101).
+    UntilClose,
+    /// Ended; `reusable` says whether the connection may serve another request.
+    Done,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Bytes left of the current chunk's data.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines, up to the empty line.
+    Trailers,
+}
+
+pub struct UpstreamSession {
+    stream: Stream,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+    /// What was read and not yet consumed: the rest of a head, or body bytes.
+    buf: BytesMut,
+    request_body: RequestBody,
+    head_request: bool,
+    response: Option<Box<ResponseHeader>>,
+    body: ResponseBody,
+    /// The backend may take another request on this connection once the response ends.
+    keepalive: bool,
+    upgraded: bool,
+}
+
+impl UpstreamSession {
+    pub fn new(stream: Stream) -> UpstreamSession {
+        UpstreamSession {
+            stream,
+            read_timeout: None,
+            write_timeout: None,
+            buf: BytesMut::new(),
+            request_body: RequestBody::None,
+            head_request: false,
+            response: None,
+            body: ResponseBody::Head,
+            keepalive: false,
+            upgraded: false,
+        }
+    }
+
+    /// Writes the request line and headers, in one send. The body's framing follows the
+    /// headers: chunked when Transfer-Encoding is set, else Content-Length, else none.
+    pub async fn write_request_header(&mut self, req: Box<RequestHeader>) -> Result<()> {
+        self.head_request = req.method == http::Method::HEAD;
+        self.request_body = if req.headers.contains_key(header::TRANSFER_ENCODING) {
+            RequestBody::Chunked
+        } else if req.headers.contains_key(header::CONTENT_LENGTH) {
+            RequestBody::Length
+        } else {
+            RequestBody::None
+        };
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(req.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(req.raw_path());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        req.header_to_h1_wire(&mut head);
+        head.extend_from_slice(b"\r\n");
+        self.write(&head, "writing the request header").await
+    }
+
+    async fn write(&mut self, data: &[u8], what: &'static str) -> Result<()> {
+        let write = self.stream.write_all(data);
+        let written = match self.write_timeout {
+            Some(t) => match tokio::time::timeout(t, write).await {
+                Ok(w) => w,
+                Err(_) => return Error::e_explain(ErrorType::WriteTimedout, what),
+            },
+            None => write.await,
+        };
+        written.or_err(ErrorType::WriteError, what)
+    }
+
+    /// One piece of the request body, framed as the header said.
+    pub async fn write_body(&mut self, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self.request_body {
+            RequestBody::Chunked => {
+                let mut chunk = Vec::with_capacity(data.len() + 20);
+                chunk.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                chunk.extend_from_slice(data);
+                chunk.extend_from_slice(b"\r\n");
+                self.write(&chunk, "writing the request body").await
+            }
+            RequestBody::Length | RequestBody::Raw => {
+                self.write(data, "writing the request body").await
+            }
+            RequestBody::None => Error::e_explain(
+                ErrorType::InternalError,
+                "a request body for a request without one",
+            ),
+        }
+    }
+
+    /// Ends the request body (the last chunk, for a chunked one).
+    pub async fn finish_body(&mut self) -> Result<()> {
+        if self.request_body == RequestBody::Chunked {
+            self.request_body = RequestBody::None;
+            return self.write(b"0\r\n\r\n", "ending the request body").await;
+        }
+        Ok(())
+    }
+
+    /// Reads the next response head: a 1xx is returned like any other (its body is empty),
+    /// and the next call reads the head after it.
+    pub async fn read_response(&mut self) -> Result<()> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(len) = self.parse_head()? {
+                    self.buf.advance(len);
+                    return Ok(());
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "the response head is too long",
+                    );
+                }
+            }
+            if self.read_more().await? == 0 {
+                return Error::e_explain(
+                    ErrorType::ConnectionClosed,
+                    "the backend closed the connection before a response",
+                );
+            }
+        }
+    }
+
+    /// Reads into `buf` under the read timeout; 0 at the end of the stream.
+    async fn read_more(&mut self) -> Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        let read = self.stream.read_buf(&mut self.buf);
+        let n = match self.read_timeout {
+            Some(t) => match tokio::time::timeout(t, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Error::e_explain(ErrorType::ReadTimedout, "reading from the backend")
+                }
+            },
+            None => read.await,
+        };
+        n.or_err(ErrorType::ReadError, "reading from the backend")
+    }
+
+    /// Parses a complete head at the start of `buf`: sets the response and its body's
+    /// framing, returns the head's length; `None` when the head is not complete yet.
+    fn parse_head(&mut self) -> Result<Option<usize>> {
+        // Most heads fit the small array (zeroed on every response, so kept small).
+        let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let parsed = match parse_head(&self.buf, &mut few, self.head_request) {
+            Err(e) if matches!(e.etype(), ErrorType::Custom(TOO_MANY)) => {
+                let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+                parse_head(&self.buf, &mut many, self.head_request)?
+            }
+            other => other?,
+        };
+        Ok(parsed.map(|head| {
+            self.response = Some(head.response);
+            self.body = head.body;
+            self.keepalive = head.keepalive;
+            head.len
+        }))
+    }
+
+    pub fn resp_header(&self) -> Option<&ResponseHeader> {
+        self.response.as_deref()
+    }
+
+    /// After a 101: the request side sends raw bytes too.
+    pub fn maybe_upgrade_body_writer(&mut self) {
+        if self.response.as_ref().is_some_and(|r| r.status == 101) {
+            self.upgraded = true;
+            self.request_body = RequestBody::Raw;
+        }
+    }
+
+    /// The next piece of the response body (decoded from chunks), `None` at its end. A body
+    /// cut short by the backend is an error (`ConnectionClosed`), never a short success.
+    pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            match self.body {
+                ResponseBody::Head => {
+                    return Error::e_explain(ErrorType::InternalError, "no response head yet")
+                }
+                ResponseBody::Done => return Ok(None),
+                ResponseBody::Length(left) => {
+                    if self.buf.is_empty() && self.read_more().await? == 0 {
+                        return Error::e_explain(
+                            ErrorType::ConnectionClosed,
+                            "the backend closed before the end of the body",
+                        );
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    let piece = self.buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.body = if left == 0 {
+                        ResponseBody::Done
+                    } else {
+                        ResponseBody::Length(left)
+                    };
+                    return Ok(Some(piece));
+                }
+                ResponseBody::UntilClose => {
+                    if self.buf.is_empty() && self.read_more().await? == 0 {
+                        self.body = ResponseBody::Done;
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                ResponseBody::Chunked(state) => {
+                    if let Some(piece) = self.chunked_step(state)? {
+                        return Ok(Some(piece));
+                    }
+                    if matches!(self.body, ResponseBody::Done) {
+                        return Ok(None);
+                    }
+                    // The step needs more bytes.
+                    if self.read_more().await? == 0 {
+                        return Error::e_explain(
+                            ErrorType::ConnectionClosed,
+                            "the backend closed inside a chunked body",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Advances the chunked decoder over `buf` as far as it goes without reading: returns
+    /// data when there is some; `None` when it needs more bytes or the body ended (`Done`).
+    fn chunked_step(&mut self, mut state: Chunk) -> Result<Option<Bytes>> {
+        loop {
+            match state {
+                Chunk::Data(left) => {
+                    if self.buf.is_empty() {
+                        self.body = ResponseBody::Chunked(state);
+                        return Ok(None);
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    let piece = self.buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.body = ResponseBody::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(piece));
+                }
+                Chunk::DataEnd => {
+                    if self.buf.len() < 2 {
+                        self.body = ResponseBody::Chunked(state);
+                        return Ok(None);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Error::e_explain(
+                            ErrorType::InvalidHTTPHeader,
+                            "a chunk's data does not end with CRLF",
+                        );
+                    }
+                    self.buf.advance(2);
+                    state = Chunk::Size;
+                }
+                Chunk::Size => {
+                    let Some(line_end) = find_crlf(&self.buf, MAX_CHUNK_LINE)? else {
+                        self.body = ResponseBody::Chunked(state);
+                        return Ok(None);
+                    };
+                    let size = parse_chunk_size(&self.buf[..line_end])?;
+                    self.buf.advance(line_end + 2);
+                    state = if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Chunk::Trailers => {
+                    // Trailer fields are not passed on (as nginx); each line is skipped, the
+                    // empty line ends the body.
+                    let Some(line_end) = find_crlf(&self.buf, MAX_CHUNK_LINE)? else {
+                        self.body = ResponseBody::Chunked(state);
+                        return Ok(None);
+                    };
+                    self.buf.advance(line_end + 2);
+                    if line_end == 0 {
+                        self.body = ResponseBody::Done;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the connection may be reused is decided when the response ends (see
+    /// `reuse`); kept for the caller's sequence.
+    pub fn respect_keepalive(&mut self) {}
+
+    /// The connection, when the response ended cleanly, the backend did not ask to close,
+    /// and nothing unread follows it.
+    pub async fn reuse(self) -> Option<Stream> {
+        let clean = self.keepalive
+            && !self.upgraded
+            && self.body == ResponseBody::Done
+            && self.request_body != RequestBody::Chunked
+            && self.buf.is_empty();
+        clean.then_some(self.stream)
+    }
+}
+
+/// A parsed response head.
+struct ParsedHead {
+    len: usize,
+    response: Box<ResponseHeader>,
+    body: ResponseBody,
+    keepalive: bool,
+}
+
+/// Parses a complete response head at the start of `buf`; `None` when it is not complete.
+fn parse_head<'b>(
+    buf: &'b [u8],
+    slots: &mut [httparse::Header<'b>],
+    head_request: bool,
+) -> Result<Option<ParsedHead>> {
+    let mut parsed = httparse::Response::new(slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) if parsed.headers.len() < MAX_HEADERS => {
+            return Error::e_explain(ErrorType::Custom(TOO_MANY), "more header slots")
+        }
+        Err(e) => {
+            return Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                format!("invalid response head from the backend: {e}"),
+            )
+        }
+    };
+    let status = parsed.code.unwrap_or(0);
+    let mut resp = ResponseHeader::build_no_case(status, Some(parsed.headers.len()))?;
+    if let Some(reason) = parsed.reason {
+        let canonical = resp.status.canonical_reason();
+        if !reason.is_empty() && canonical != Some(reason) {
+            resp.set_reason_phrase(Some(reason))?;
+        }
+    }
+    let version_11 = parsed.version == Some(1);
+    let mut close = !version_11;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut coded = false;
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid header name")?;
+        let value = HeaderValue::from_bytes(h.value)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
+        if name == header::CONTENT_LENGTH {
+            let n = parse_length(h.value).ok_or_else(|| {
+                Error::explain(ErrorType::InvalidHTTPHeader, "invalid Content-Length")
+            })?;
+            if length.is_some_and(|l| l != n) {
+                return Error::e_explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "conflicting Content-Length values",
+                );
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            coded = true;
+            // The last coding decides (RFC 9112 §6.3): chunked, or read until close.
+            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+        } else if name == header::CONNECTION {
+            for token in h.value.split(|&c| c == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && !version_11 {
+                    close = false;
+                }
+            }
+        }
+        resp.append_header(name, value)?;
+    }
+    let informational = (100..200).contains(&status) && status != 101;
+    let body = if informational {
+        // Its body is empty; the final head follows.
+        ResponseBody::Head
+    } else if status == 101 {
+        ResponseBody::UntilClose
+    } else if head_request || status == 204 || status == 304 {
+        ResponseBody::Done
+    } else if coded {
+        if chunked {
+            ResponseBody::Chunked(Chunk::Size)
+        } else {
+            close = true;
+            ResponseBody::UntilClose
+        }
+    } else if let Some(n) = length {
+        if n == 0 {
+            ResponseBody::Done
+        } else {
+            ResponseBody::Length(n)
+        }
+    } else {
+        close = true;
+        ResponseBody::UntilClose
+    };
+    Ok(Some(ParsedHead {
+        len,
+        response: Box::new(resp),
+        body,
+        keepalive: !close && status != 101,
+    }))
+}
+
+/// The position of the first CRLF in `buf`, looking no further than `max` bytes; a bare LF
+/// or a line longer than `max` is an error.
+fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>> {
+    let window = &buf[..buf.len().min(max + 2)];
+    match window.iter().position(|&c| c == b'\n') {
+        Some(0) => Error::e_explain(ErrorType::InvalidHTTPHeader, "bare LF in a chunked body"),
+        Some(i) if window[i - 1] == b'\r' => Ok(Some(i - 1)),
+        Some(_) => Error::e_explain(ErrorType::InvalidHTTPHeader, "bare LF in a chunked body"),
+        None if buf.len() > max => Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "a chunk-size line is too long",
+        ),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line: hex digits (at most 15: below u64::MAX), then optional `;extensions`.
+fn parse_chunk_size(line: &[u8]) -> Result<u64> {
+    let digits = line
+        .iter()
+        .position(|&c| !c.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty()
+        || matches!(rest.trim_ascii_start().first(), Some(b';'))
+            && rest
+                .iter()
+                .all(|&c| c == b'\t' || (b' '..0x7f).contains(&c));
+    if digits == 0 || digits > 15 || !rest_ok {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid chunk size");
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, &d| {
+        n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0))
+    }))
+}
+
+/// A Content-Length value: digits only, at most 18 of them.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The last comma-separated token of a header value, trimmed.
+fn last_token(v: &[u8]) -> &[u8] {
+    v.rsplit(|&c| c == b',').next().unwrap_or(v).trim_ascii()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(parse_chunk_size(b"A;name=value").unwrap(), 10);
+        assert_eq!(parse_chunk_size(b"0").unwrap(), 0);
+        assert!(parse_chunk_size(b"").is_err());
+        assert!(parse_chunk_size(b"-1").is_err());
+        assert!(parse_chunk_size(b"1 2").is_err());
+        assert!(parse_chunk_size(b"1;a\0").is_err());
+        assert!(parse_chunk_size(b"1234567890abcdef").is_err());
+    }
+
+    #[test]
+    fn crlf_lines() {
+        assert_eq!(find_crlf(b"1a\r\nxx", 10).unwrap(), Some(2));
+        assert_eq!(find_crlf(b"1a", 10).unwrap(), None);
+        assert!(find_crlf(b"1a\nxx", 10).is_err());
+        assert!(find_crlf(b"0123456789abc", 10).is_err());
+    }
+
+    #[test]
+    fn lengths_and_codings() {
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(parse_length(b"+42"), None);
+        assert_eq!(parse_length(b"4,2"), None);
+        assert_eq!(last_token(b"gzip, chunked"), b"chunked");
+        assert_eq!(last_token(b"chunked, gzip"), b"gzip");
+    }
+}
