@@ -427,6 +427,7 @@ impl EdgeApp {
             (config.connect_timeout, config.read_timeout)
         };
         let mut backend = self.pick(session, ctx).await?;
+        let mut head = Vec::new();
         // After a stale idle connection, the same backend gets a new connection.
         let mut fresh_only = false;
         loop {
@@ -457,8 +458,11 @@ impl EdgeApp {
             let mut up = UpstreamSession::new(stream);
             up.read_timeout = Some(read_timeout);
             up.write_timeout = Some(read_timeout);
-            let req = self.upstream_request(session, ctx)?;
-            let sent = match up.write_request_header(req).await {
+            if head.is_empty() {
+                // Once: a retry sends the same head (and the same X-Request-Id).
+                head = self.upstream_head(session, ctx)?;
+            }
+            let sent = match up.write_request_head(&head, session.req_header()).await {
                 // Without a body the response is awaited here, where a stale idle connection
                 // can still be retried.
                 Ok(_) if body_empty => read_response_watching(session, &mut up).await,
@@ -495,6 +499,22 @@ impl EdgeApp {
                 Err(self.upstream_error(session, ctx, e).await)
             }
         }
+    }
+
+    /// The client's request header made into the upstream's, as HTTP/1.1 bytes: written
+    /// straight from the client's header when `EdgeProxy::upstream_head` can, else through
+    /// a copy of it that `upstream_request` edits (request header middlewares, say).
+    fn upstream_head(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<Vec<u8>> {
+        let mut head = Vec::with_capacity(512);
+        let upgrade = session.is_upgrade_req();
+        if !self
+            .edge
+            .upstream_head(session.req_header(), upgrade, ctx, &mut head)
+        {
+            let req = self.upstream_request(session, ctx)?;
+            crate::edge::upstream_h1::request_head(&req, &mut head);
+        }
+        Ok(head)
     }
 
     /// The client's request header made into the upstream's.

@@ -475,6 +475,97 @@ impl EdgeProxy {
         Ok(())
     }
 
+    /// The upstream request head of an HTTP/1 request, written straight from the client's
+    /// header into `out` with the edits `upstream_request` makes (hop-by-hop out,
+    /// X-Forwarded-* and X-Request-Id in, `HTTP/1.1`, no `Expect`) — without copying the
+    /// header into a second map first. Returns `false`, writing nothing, for what only
+    /// `upstream_request` handles: a route with `request_headers`, a `Connection` header
+    /// naming other headers, a request without Host.
+    pub(crate) fn upstream_head(
+        &self,
+        req: &RequestHeader,
+        upgrade: bool,
+        ctx: &mut RequestCtx,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if ctx
+            .edge
+            .as_ref()
+            .is_some_and(|e| !e.middlewares.request_headers.is_empty())
+        {
+            return false;
+        }
+        let Some(host) = req.headers.get(header::HOST) else {
+            return false;
+        };
+        let names_others = req.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes().split(|&c| c == b',').any(|t| {
+                let t = t.trim_ascii();
+                !(t.is_empty()
+                    || t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"upgrade"))
+            })
+        });
+        if names_others {
+            return false;
+        }
+        let keep_id = req
+            .headers
+            .get(&X_REQUEST_ID)
+            .is_some_and(|v| !v.is_empty());
+        out.extend_from_slice(req.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(req.raw_path());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut line = |name: &[u8], value: &[u8]| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        let mut cased = req.case_header_iter();
+        for (name, value) in req.headers.iter() {
+            // The case map, when there is one, runs in step with the map (pingora's order).
+            let wire = cased.next().map(|(c, _)| c.as_slice());
+            let dropped = name == header::CONNECTION
+                || HOP_BY_HOP.contains(name)
+                || (name == header::UPGRADE && !upgrade)
+                || name == X_FORWARDED_FOR
+                || name == X_FORWARDED_PROTO
+                || name == X_FORWARDED_HOST
+                || name == header::EXPECT
+                || (name == X_REQUEST_ID && !keep_id);
+            if !dropped {
+                line(wire.unwrap_or(name.as_str().as_bytes()), value.as_bytes());
+            }
+        }
+        if upgrade {
+            line(b"Connection", b"upgrade");
+        }
+        if let Some(xff) = forwarded_for(&req.headers, ctx.client) {
+            line(b"X-Forwarded-For", xff.as_bytes());
+        }
+        line(
+            b"X-Forwarded-Proto",
+            if self.tls { b"https" } else { b"http" },
+        );
+        line(b"X-Forwarded-Host", host.as_bytes());
+        let id = if keep_id {
+            req.headers
+                .get(&X_REQUEST_ID)
+                .cloned()
+                .expect("checked above")
+        } else {
+            let id = new_request_id();
+            line(b"X-Request-Id", id.as_bytes());
+            id
+        };
+        out.extend_from_slice(b"\r\n");
+        ctx.request_id = Some(id);
+        true
+    }
+
     /// Edits the upstream's response header for the client; counts a 101 as an upgraded
     /// connection of the request's color.
     pub(crate) fn client_response(

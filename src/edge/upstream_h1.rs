@@ -96,9 +96,11 @@ impl UpstreamSession {
         }
     }
 
-    /// Writes the request line and headers, in one send. The body's framing follows the
-    /// headers: chunked when Transfer-Encoding is set, else Content-Length, else none.
-    pub async fn write_request_header(&mut self, req: Box<RequestHeader>) -> Result<()> {
+    /// Writes a request head (from `EdgeProxy::upstream_head` or `request_head`), in one
+    /// send. The body's framing follows `req`, the client's header, whose framing headers
+    /// went upstream unchanged: chunked when Transfer-Encoding is set, else Content-Length,
+    /// else none.
+    pub async fn write_request_head(&mut self, head: &[u8], req: &RequestHeader) -> Result<()> {
         self.head_request = req.method == http::Method::HEAD;
         self.request_body = if req.headers.contains_key(header::TRANSFER_ENCODING) {
             RequestBody::Chunked
@@ -107,14 +109,7 @@ impl UpstreamSession {
         } else {
             RequestBody::None
         };
-        let mut head = Vec::with_capacity(512);
-        head.extend_from_slice(req.method.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(req.raw_path());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
-        req.header_to_h1_wire(&mut head);
-        head.extend_from_slice(b"\r\n");
-        self.write(&head, "writing the request header").await
+        self.write(head, "writing the request header").await
     }
 
     async fn write(&mut self, data: &[u8], what: &'static str) -> Result<()> {
@@ -364,6 +359,16 @@ impl UpstreamSession {
             && self.buf.is_empty();
         clean.then_some(self.stream)
     }
+}
+
+/// A request header as HTTP/1.1 on the wire (the version is always 1.1 upstream).
+pub fn request_head(req: &RequestHeader, out: &mut Vec<u8>) {
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    req.header_to_h1_wire(out);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head.
