@@ -2,7 +2,7 @@
 //!
 //! pingora's `TlsSettings` takes one fixed ALPN list, and rustls refuses a client whose ALPN
 //! offer shares nothing with it. tls-alpn-01 needs `acme-tls/1` next to `h2` and `http/1.1`,
-//! so the handshake happens here (pingora's public `Acceptor::from_server_config`), and the
+//! so the handshake happens here (tokio-rustls, wrapped by `tls::stream`), and the
 //! TLS stream is handed, as any other pingora stream, to whatever serves the listener's
 //! connections (a `runtime::seams::ConnectionServer`: `server` gives it the edge) — the
 //! pattern pingora's own docs show for custom acceptors.
@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{Ssl, Stream, ALPN};
+use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use rustls::ServerConfig;
 
 use super::store::{CertStore, ACME_TLS_ALPN};
+use super::stream::TlsConn;
 use crate::runtime::seams::ConnectionServer;
 
 /// TLS 1.2 and 1.3 only; ALPN h2, http/1.1 and acme-tls/1 (chosen only by an ACME
@@ -34,14 +34,14 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
 }
 
 pub struct TlsFront<A> {
-    acceptor: Acceptor,
+    acceptor: tokio_rustls::TlsAcceptor,
     proxy: Arc<A>,
 }
 
 impl<A: ConnectionServer> TlsFront<A> {
     pub fn new(config: Arc<ServerConfig>, proxy: Arc<A>) -> TlsFront<A> {
         TlsFront {
-            acceptor: Acceptor::from_server_config(config),
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
             proxy,
         }
     }
@@ -65,7 +65,7 @@ impl<A: ConnectionServer> ServerApp for TlsFront<A> {
         // The handshake counts against the first request's head deadline (slowloris on TLS).
         let deadline = accepted + self.proxy.limits().header_timeout;
         // Boxed: the handshake's state is freed once it is done, not kept for the connection's life.
-        let handshake = Box::pin(self.acceptor.tls_handshake(*tcp));
+        let handshake = Box::pin(self.acceptor.accept(*tcp));
         let tls = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -77,11 +77,8 @@ impl<A: ConnectionServer> ServerApp for TlsFront<A> {
                 return None;
             }
         };
-        let acme = matches!(
-            tls.selected_alpn_proto(),
-            Some(ALPN::Custom(c)) if c.protocol() == ACME_TLS_ALPN
-        );
-        if acme {
+        let tls = TlsConn::new(tls);
+        if tls.alpn() == Some(ACME_TLS_ALPN) {
             // The validator only needed the handshake.
             return None;
         }

@@ -10,6 +10,7 @@ pub mod acme;
 pub mod front;
 pub mod internal;
 pub mod store;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
