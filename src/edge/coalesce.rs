@@ -9,6 +9,7 @@
 //! body streams). The buffer exists only while something waits in it: an idle keep-alive
 //! connection holds none.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -27,6 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 const SEND_AT: usize = 1460;
 /// A write that would take the waiting bytes beyond this sends them first.
 const MOST_WAITING: usize = 16 * 1024;
+/// How long a send may wait for the client to read (nginx's `send_timeout`): a client that
+/// stops reading its response cannot hold a request in flight, or a drain, forever.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct Coalesced {
@@ -34,6 +38,9 @@ pub struct Coalesced {
     waiting: Vec<u8>,
     /// How much of `waiting` is sent already.
     sent: usize,
+    /// Armed when a send finds the socket full (never on the fast path), disarmed by
+    /// progress; when it fires, the send fails.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Coalesced {
@@ -42,13 +49,36 @@ impl Coalesced {
             inner,
             waiting: Vec::new(),
             sent: 0,
+            stalled: None,
+        }
+    }
+
+    /// One write to the client under `SEND_TIMEOUT`.
+    fn poll_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, data) {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
     /// Sends what waits; the buffer is freed once it is all out.
     fn poll_send_waiting(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while self.sent < self.waiting.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.waiting[self.sent..]))?;
+            let waiting = std::mem::take(&mut self.waiting);
+            let sent = self.poll_send(cx, &waiting[self.sent..]);
+            self.waiting = waiting;
+            let n = ready!(sent)?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -92,7 +122,7 @@ impl AsyncWrite for Coalesced {
         if this.waiting.len() + data.len() > MOST_WAITING {
             ready!(this.poll_send_waiting(cx))?;
             if data.len() >= SEND_AT {
-                return Pin::new(&mut this.inner).poll_write(cx, data);
+                return this.poll_send(cx, data);
             }
         }
         this.waiting.extend_from_slice(data);

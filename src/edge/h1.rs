@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use http::header;
 use pingora_core::apps::{HttpServerOptions, ServerApp};
-use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::configuration::ServerConf;
@@ -35,6 +34,7 @@ use tokio::time::Instant;
 use crate::core::config::Limits;
 use crate::core::request_head::{self, Refusal, Rejection};
 use crate::edge::client_addr;
+use crate::edge::client_h1::{BadHead, ClientSession};
 use crate::edge::coalesce::Coalesced;
 use crate::edge::proxy::{
     check_drain, compression_error, error_kind, error_status, local_header, status_sent, EdgeProxy,
@@ -61,9 +61,6 @@ const LINGER_BYTES: usize = 256 * 1024;
 
 /// First read buffer of a request head; it grows up to `max_header_bytes`.
 const HEAD_BUFFER: usize = 4096;
-
-/// How long one write to a client may wait for it to read (nginx's `send_timeout`).
-const CLIENT_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The client side of both proxy listeners: the connection cap, the request-head deadline and
 /// checks (`crate::core::request_head`), keep-alive, and the hand-over of HTTP/2 connections to
@@ -146,20 +143,24 @@ impl EdgeApp {
                 self.edge.shared.snapshot.load().config.limits
             };
             let deadline = first.then(|| accepted + limits.header_timeout);
-            match self
+            let checked = match self
                 .read_head(&mut stream, &mut buf, &limits, deadline)
                 .await
             {
-                Ok(_) => {}
+                Ok(checked) => checked,
                 Err(HeadEnd::Close) => return,
                 // Boxed: its linger buffer is not part of every idle connection.
                 Err(HeadEnd::Refuse(refusal)) => return Box::pin(refuse(stream, refusal)).await,
             };
-            let mut session = ServerSession::new_http1(stream);
-            // pingora parses the head again from these bytes without reading (it was checked
-            // above); what follows it is the start of the body or of pipelined requests.
-            session.set_pipelined_prefix(std::mem::take(&mut buf));
-            session.set_keepalive(Some(limits.idle_timeout.as_secs()));
+            // The checked head is parsed once more, into the header the proxy works on; what
+            // follows it in `buf` is the start of the body or of pipelined requests.
+            let session = match ClientSession::new(stream, std::mem::take(&mut buf), checked.len) {
+                Ok(session) => session,
+                Err(BadHead(stream)) => {
+                    let refusal = Refusal::new(400, Rejection::BadRequest);
+                    return Box::pin(refuse(stream, refusal)).await;
+                }
+            };
             // Boxed: the request's state (sessions, buffers, upstream I/O) exists while a
             // request does, and a connection idle between requests keeps only this loop.
             match Box::pin(self.serve(session, shutdown, &limits)).await {
@@ -271,24 +272,12 @@ impl EdgeApp {
     /// bytes read past this request) when it may serve another.
     async fn serve(
         &self,
-        mut session: ServerSession,
+        mut session: ClientSession,
         shutdown: &ShutdownWatch,
         limits: &Limits,
     ) -> Option<(Stream, Option<BytesMut>)> {
         // Requests sent before the previous response ended (pipelining, RFC 9112 §9.3.2) are
-        // kept and served in order instead of ending the connection.
-        session.set_pipelining_enabled(true);
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    metrics::global().rejected(Rejection::BadRequest);
-                    let _ = session.respond_error(400).await;
-                }
-                return None;
-            }
-        }
+        // kept (`ClientSession::finish`) and served in order.
         if *shutdown.borrow() {
             // Finish this request, then close: the server is draining.
             session.set_keepalive(None);
@@ -308,10 +297,8 @@ impl EdgeApp {
             );
             return None;
         }
-        session.set_read_timeout(Some(limits.body_timeout));
-        // A client that stops reading its response is dropped after this long per write
-        // (nginx's send_timeout), so it cannot hold a request in flight, or a drain, forever.
-        session.set_write_timeout(Some(CLIENT_SEND_TIMEOUT));
+        // The body's reads are bounded by `BodyReader`; a client that stops reading its
+        // response, by `edge::coalesce`'s send timeout.
         if session.req_header().method == http::Method::CONNECT {
             // A reverse proxy, not a forward one (pingora-proxy and nginx say 405 too).
             let _ = session.respond_error(405).await;
@@ -337,15 +324,14 @@ impl EdgeApp {
         if result.is_err() {
             return None; // dropping the session closes the connection
         }
-        let reusable = session.finish().await.ok()??;
-        Some(reusable.into_parts())
+        session.finish().await
     }
 
     /// One request, from its header to the end of its response. An `Err` closes the client's
     /// connection; a 502/504 has been sent when no response had started.
     async fn proxy(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut RequestCtx,
         body: &BodyLimits,
     ) -> Result<()> {
@@ -418,7 +404,7 @@ impl EdgeApp {
     /// a new connection to the same backend, when no request body was read yet.
     async fn send_header(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut RequestCtx,
         body_empty: bool,
     ) -> Result<(UpstreamSession, std::net::SocketAddr)> {
@@ -489,7 +475,7 @@ impl EdgeApp {
     /// The next backend of the request's pool, or a 502 when it has none.
     async fn pick(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut RequestCtx,
     ) -> Result<std::net::SocketAddr> {
         match self.edge.pick_backend(ctx) {
@@ -504,7 +490,7 @@ impl EdgeApp {
     /// The client's request header made into the upstream's, as HTTP/1.1 bytes: written
     /// straight from the client's header when `EdgeProxy::upstream_head` can, else through
     /// a copy of it that `upstream_request` edits (request header middlewares, say).
-    fn upstream_head(&self, session: &ServerSession, ctx: &mut RequestCtx) -> Result<Vec<u8>> {
+    fn upstream_head(&self, session: &ClientSession, ctx: &mut RequestCtx) -> Result<Vec<u8>> {
         let mut head = Vec::with_capacity(512);
         let upgrade = session.is_upgrade_req();
         if !self
@@ -520,7 +506,7 @@ impl EdgeApp {
     /// The client's request header made into the upstream's.
     fn upstream_request(
         &self,
-        session: &ServerSession,
+        session: &ClientSession,
         ctx: &mut RequestCtx,
     ) -> Result<Box<RequestHeader>> {
         let mut req = Box::new(session.req_header().clone());
@@ -540,7 +526,7 @@ impl EdgeApp {
     /// and streams the body, or tunnels both ways after a 101.
     async fn relay_response(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut RequestCtx,
         mut up: UpstreamSession,
         backend: std::net::SocketAddr,
@@ -625,7 +611,7 @@ impl EdgeApp {
     /// An upstream failure before the response started: counted, answered 502 or 504.
     async fn upstream_error(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
@@ -638,7 +624,7 @@ impl EdgeApp {
     /// with the HTTP/2 path).
     async fn give_up(
         &self,
-        session: &mut ServerSession,
+        session: &mut ClientSession,
         ctx: &mut RequestCtx,
         verdict: ErrorStatus,
         e: Box<Error>,
@@ -662,7 +648,7 @@ impl EdgeApp {
 /// After a 101: bytes both ways until either side closes, or the color's drain timeout
 /// passes (checked at each frame, as on the HTTP/2 path).
 async fn tunnel(
-    session: &mut ServerSession,
+    session: &mut ClientSession,
     up: &mut UpstreamSession,
     ctx: &RequestCtx,
 ) -> Result<()> {
@@ -699,7 +685,7 @@ async fn tunnel(
 /// than holding it in flight until the upstream answers or times out. The client's error
 /// comes back marked as downstream (see `is_client_gone`), the upstream's as upstream.
 async fn read_response_watching(
-    session: &mut ServerSession,
+    session: &mut ClientSession,
     up: &mut UpstreamSession,
 ) -> Result<()> {
     tokio::select! {
@@ -726,7 +712,7 @@ fn closed_under_us(e: &Error) -> bool {
 
 /// A request body the client broke off or malformed, answered as `error_status` says: 408
 /// for a timeout, 400 for bad framing, nothing when the client is gone.
-async fn bad_request_body(session: &mut ServerSession, e: Box<Error>) -> Box<Error> {
+async fn bad_request_body(session: &mut ClientSession, e: Box<Error>) -> Box<Error> {
     let e = e.into_down();
     if let ErrorStatus::Refused(refusal) = error_status(&e) {
         metrics::global().rejected(refusal.reason);
@@ -740,7 +726,7 @@ async fn bad_request_body(session: &mut ServerSession, e: Box<Error>) -> Box<Err
 
 /// A response whose body the backend ends by closing (no Content-Length, not chunked), to
 /// an HTTP/1.1 client that can take chunks instead.
-fn needs_chunking(session: &ServerSession, resp: &ResponseHeader) -> bool {
+fn needs_chunking(session: &ClientSession, resp: &ResponseHeader) -> bool {
     let status = resp.status.as_u16();
     let req = session.req_header();
     req.version == http::Version::HTTP_11
@@ -798,7 +784,7 @@ impl<'a> BodyReader<'a> {
 
     /// The next piece of the body, `None` at its end; a refusal (400, 408, 413) has been
     /// answered when this fails.
-    async fn next(&mut self, session: &mut ServerSession) -> Result<Option<bytes::Bytes>> {
+    async fn next(&mut self, session: &mut ClientSession) -> Result<Option<bytes::Bytes>> {
         loop {
             let next = tokio::time::timeout_at(self.deadline, session.read_request_body()).await;
             let chunk = match next {

@@ -7,7 +7,9 @@
 //! thread; `replay` gives back bytes read ahead; `coalesce` sends a response head and short body
 //! in one write.
 
+pub mod chunked;
 pub mod client_addr;
+pub mod client_h1;
 pub mod coalesce;
 pub mod h1;
 pub mod middleware;

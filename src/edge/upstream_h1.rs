@@ -17,6 +17,8 @@ use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::edge::chunked::{ChunkedDecoder, Step};
+
 /// A backend's response head may be this long (pingora's limit too).
 const MAX_HEAD: usize = 1024 * 1024;
 /// Header lines in a backend's response head.
@@ -26,8 +28,6 @@ const FEW_HEADERS: usize = 48;
 const TOO_MANY: &str = "too many headers for the first try";
 /// Read size for heads and bodies.
 const READ_CHUNK: usize = 16 * 1024;
-/// A chunk-size line (size and extensions) may be this long.
-const MAX_CHUNK_LINE: usize = 4096;
 
 /// How the request body goes to the backend.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -46,23 +46,11 @@ enum ResponseBody {
     Head,
     /// Bytes still to come of a Content-Length body.
     Length(u64),
-    Chunked(Chunk),
+    Chunked(ChunkedDecoder),
     /// Ends when the backend closes (no length, not chunked; or after a 101).
     UntilClose,
     /// Ended; `reusable` says whether the connection may serve another request.
     Done,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Bytes left of the current chunk's data.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    /// Trailer lines, up to the empty line.
-    Trailers,
 }
 
 pub struct UpstreamSession {
@@ -262,83 +250,23 @@ impl UpstreamSession {
                     }
                     return Ok(Some(self.buf.split().freeze()));
                 }
-                ResponseBody::Chunked(state) => {
-                    if let Some(piece) = self.chunked_step(state)? {
-                        return Ok(Some(piece));
-                    }
-                    if matches!(self.body, ResponseBody::Done) {
-                        return Ok(None);
-                    }
-                    // The step needs more bytes.
-                    if self.read_more().await? == 0 {
-                        return Error::e_explain(
-                            ErrorType::ConnectionClosed,
-                            "the backend closed inside a chunked body",
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// Advances the chunked decoder over `buf` as far as it goes without reading: returns
-    /// data when there is some; `None` when it needs more bytes or the body ended (`Done`).
-    fn chunked_step(&mut self, mut state: Chunk) -> Result<Option<Bytes>> {
-        loop {
-            match state {
-                Chunk::Data(left) => {
-                    if self.buf.is_empty() {
-                        self.body = ResponseBody::Chunked(state);
-                        return Ok(None);
-                    }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    let piece = self.buf.split_to(n).freeze();
-                    let left = left - n as u64;
-                    self.body = ResponseBody::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Some(piece));
-                }
-                Chunk::DataEnd => {
-                    if self.buf.len() < 2 {
-                        self.body = ResponseBody::Chunked(state);
-                        return Ok(None);
-                    }
-                    if &self.buf[..2] != b"\r\n" {
-                        return Error::e_explain(
-                            ErrorType::InvalidHTTPHeader,
-                            "a chunk's data does not end with CRLF",
-                        );
-                    }
-                    self.buf.advance(2);
-                    state = Chunk::Size;
-                }
-                Chunk::Size => {
-                    let Some(line_end) = find_crlf(&self.buf, MAX_CHUNK_LINE)? else {
-                        self.body = ResponseBody::Chunked(state);
-                        return Ok(None);
-                    };
-                    let size = parse_chunk_size(&self.buf[..line_end])?;
-                    self.buf.advance(line_end + 2);
-                    state = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-                Chunk::Trailers => {
-                    // Trailer fields are not passed on (as nginx); each line is skipped, the
-                    // empty line ends the body.
-                    let Some(line_end) = find_crlf(&self.buf, MAX_CHUNK_LINE)? else {
-                        self.body = ResponseBody::Chunked(state);
-                        return Ok(None);
-                    };
-                    self.buf.advance(line_end + 2);
-                    if line_end == 0 {
-                        self.body = ResponseBody::Done;
-                        return Ok(None);
+                ResponseBody::Chunked(mut decoder) => {
+                    let step = decoder.step(&mut self.buf);
+                    self.body = ResponseBody::Chunked(decoder);
+                    match step.map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))? {
+                        Step::Data(piece) => return Ok(Some(piece)),
+                        Step::End => {
+                            self.body = ResponseBody::Done;
+                            return Ok(None);
+                        }
+                        Step::NeedMore => {
+                            if self.read_more().await? == 0 {
+                                return Error::e_explain(
+                                    ErrorType::ConnectionClosed,
+                                    "the backend closed inside a chunked body",
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -454,7 +382,7 @@ fn parse_head<'b>(
         ResponseBody::Done
     } else if coded {
         if chunked {
-            ResponseBody::Chunked(Chunk::Size)
+            ResponseBody::Chunked(ChunkedDecoder::default())
         } else {
             close = true;
             ResponseBody::UntilClose
@@ -477,42 +405,6 @@ fn parse_head<'b>(
     }))
 }
 
-/// The position of the first CRLF in `buf`, looking no further than `max` bytes; a bare LF
-/// or a line longer than `max` is an error.
-fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>> {
-    let window = &buf[..buf.len().min(max + 2)];
-    match window.iter().position(|&c| c == b'\n') {
-        Some(0) => Error::e_explain(ErrorType::InvalidHTTPHeader, "bare LF in a chunked body"),
-        Some(i) if window[i - 1] == b'\r' => Ok(Some(i - 1)),
-        Some(_) => Error::e_explain(ErrorType::InvalidHTTPHeader, "bare LF in a chunked body"),
-        None if buf.len() > max => Error::e_explain(
-            ErrorType::InvalidHTTPHeader,
-            "a chunk-size line is too long",
-        ),
-        None => Ok(None),
-    }
-}
-
-/// A chunk-size line: hex digits (at most 15: below u64::MAX), then optional `;extensions`.
-fn parse_chunk_size(line: &[u8]) -> Result<u64> {
-    let digits = line
-        .iter()
-        .position(|&c| !c.is_ascii_hexdigit())
-        .unwrap_or(line.len());
-    let rest = &line[digits..];
-    let rest_ok = rest.is_empty()
-        || matches!(rest.trim_ascii_start().first(), Some(b';'))
-            && rest
-                .iter()
-                .all(|&c| c == b'\t' || (b' '..0x7f).contains(&c));
-    if digits == 0 || digits > 15 || !rest_ok {
-        return Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid chunk size");
-    }
-    Ok(line[..digits].iter().fold(0u64, |n, &d| {
-        n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0))
-    }))
-}
-
 /// A Content-Length value: digits only, at most 18 of them.
 fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
@@ -530,26 +422,6 @@ fn last_token(v: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(parse_chunk_size(b"1a").unwrap(), 26);
-        assert_eq!(parse_chunk_size(b"A;name=value").unwrap(), 10);
-        assert_eq!(parse_chunk_size(b"0").unwrap(), 0);
-        assert!(parse_chunk_size(b"").is_err());
-        assert!(parse_chunk_size(b"-1").is_err());
-        assert!(parse_chunk_size(b"1 2").is_err());
-        assert!(parse_chunk_size(b"1;a\0").is_err());
-        assert!(parse_chunk_size(b"1234567890abcdef").is_err());
-    }
-
-    #[test]
-    fn crlf_lines() {
-        assert_eq!(find_crlf(b"1a\r\nxx", 10).unwrap(), Some(2));
-        assert_eq!(find_crlf(b"1a", 10).unwrap(), None);
-        assert!(find_crlf(b"1a\nxx", 10).is_err());
-        assert!(find_crlf(b"0123456789abc", 10).is_err());
-    }
 
     #[test]
     fn lengths_and_codings() {

@@ -1,0 +1,501 @@
+//! HTTP/1 toward a client: the request head (already read and checked by `edge::h1`) parsed
+//! once into a header, the request body read by its framing, the response written with one
+//! serialisation, and keep-alive and pipelining decided here.
+//!
+//! Why not pingora's server session: the head was parsed twice (our checks, then its own
+//! parse), every write went through a timer wrapper, and the response head through several
+//! buffers; that was most of the user-space cost left per request (loadtests/README.md,
+//! "Performance"). The interface is the subset `edge::h1` used of pingora's, with the same
+//! error types, so the request path reads the same.
+
+use std::mem::MaybeUninit;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use pingora_core::protocols::http::date::get_cached_date;
+use pingora_core::protocols::l4::socket::SocketAddr;
+use pingora_core::protocols::{SocketDigest, Stream};
+use pingora_core::{Error, ErrorType, OrErr, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::core::config::MAX_HEADERS_CAP as HEADER_SLOTS;
+use crate::edge::chunked::{ChunkedDecoder, Step};
+
+/// A client that closes inside its body (pingora's name for it).
+const PREMATURE_BODY_END: ErrorType = ErrorType::new("PrematureBodyEnd");
+/// Read size for bodies and what follows them.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Where the request body stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RequestBody {
+    /// Bytes still to come of a Content-Length body.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// An upgraded connection: bytes until the client closes.
+    UntilClose,
+    Done,
+}
+
+/// How the response body goes to the client.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ResponseBody {
+    /// No final response head yet.
+    Unset,
+    /// No body (HEAD, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Ends with the connection (no length, or after a 101).
+    UntilClose,
+    /// The body is complete.
+    Done,
+}
+
+pub struct ClientSession {
+    stream: Stream,
+    digest: Option<Arc<SocketDigest>>,
+    /// Bytes read past the request head: the body, then any pipelined request.
+    buf: BytesMut,
+    req: Box<RequestHeader>,
+    body: RequestBody,
+    /// `Some`: the connection may serve another request (the value is pingora's
+    /// keep-alive seconds, 0 for "no limit"); `None`: it closes after this response.
+    keepalive: Option<u64>,
+    response: Option<Box<ResponseHeader>>,
+    writer: ResponseBody,
+    close_on_early_response: bool,
+    half_closed: bool,
+}
+
+/// The client's request head was not a request this proxy can take (answered 400).
+pub struct BadHead(pub Stream);
+
+impl ClientSession {
+    /// A session for the request whose checked head is `buf[..head_len]`; what follows it in
+    /// `buf` is the start of its body or of pipelined requests.
+    pub fn new(
+        stream: Stream,
+        mut buf: BytesMut,
+        head_len: usize,
+    ) -> std::result::Result<ClientSession, BadHead> {
+        let head = buf.split_to(head_len).freeze();
+        let Some((req, body)) = parse_request(&head) else {
+            return Err(BadHead(stream));
+        };
+        let keepalive = client_keepalive(&req).then_some(0);
+        let digest = stream.get_socket_digest();
+        Ok(ClientSession {
+            stream,
+            digest,
+            buf,
+            req,
+            body,
+            keepalive,
+            response: None,
+            writer: ResponseBody::Unset,
+            close_on_early_response: true,
+            half_closed: false,
+        })
+    }
+
+    pub fn req_header(&self) -> &RequestHeader {
+        &self.req
+    }
+
+    pub fn req_header_mut(&mut self) -> &mut RequestHeader {
+        &mut self.req
+    }
+
+    /// The peer: the TCP peer, or the PROXY header's source.
+    pub fn client_addr(&self) -> Option<&SocketAddr> {
+        self.digest.as_ref()?.peer_addr()
+    }
+
+    /// An HTTP/1.1 request with an Upgrade header (pingora's rule).
+    pub fn is_upgrade_req(&self) -> bool {
+        self.req.version == http::Version::HTTP_11 && self.req.headers.contains_key(header::UPGRADE)
+    }
+
+    pub fn is_body_empty(&self) -> bool {
+        self.body == RequestBody::Done
+    }
+
+    fn is_body_done(&self) -> bool {
+        self.body == RequestBody::Done
+    }
+
+    pub fn set_keepalive(&mut self, seconds: Option<u64>) {
+        self.keepalive = seconds;
+    }
+
+    pub fn get_keepalive(&self) -> Option<u64> {
+        self.keepalive
+    }
+
+    /// A final response written before the request body was read closes the connection
+    /// (what is left of the body cannot be told from the next request).
+    pub fn set_close_on_response_before_downstream_finish(&mut self, close: bool) {
+        self.close_on_early_response = close;
+    }
+
+    pub fn response_written(&self) -> Option<&ResponseHeader> {
+        self.response.as_deref()
+    }
+
+    async fn read_more(&mut self) -> Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        self.stream
+            .read_buf(&mut self.buf)
+            .await
+            .or_err(ErrorType::ReadError, "reading from the client")
+    }
+
+    /// The next piece of the request body, `None` at its end. The caller bounds it in time.
+    pub async fn read_request_body(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            match self.body {
+                RequestBody::Done => return Ok(None),
+                RequestBody::Length(left) => {
+                    if left == 0 {
+                        self.body = RequestBody::Done;
+                        return Ok(None);
+                    }
+                    if self.buf.is_empty() && self.read_more().await? == 0 {
+                        return Error::e_explain(
+                            PREMATURE_BODY_END,
+                            "the client closed before the end of its body",
+                        );
+                    }
+                    let n = (self.buf.len() as u64).min(left) as usize;
+                    let left = left - n as u64;
+                    self.body = if left == 0 {
+                        RequestBody::Done
+                    } else {
+                        RequestBody::Length(left)
+                    };
+                    return Ok(Some(self.buf.split_to(n).freeze()));
+                }
+                RequestBody::UntilClose => {
+                    if self.buf.is_empty() && self.read_more().await? == 0 {
+                        self.body = RequestBody::Done;
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                RequestBody::Chunked(mut decoder) => {
+                    let step = decoder.step(&mut self.buf);
+                    self.body = RequestBody::Chunked(decoder);
+                    match step.map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))? {
+                        Step::Data(piece) => return Ok(Some(piece)),
+                        Step::End => {
+                            self.body = RequestBody::Done;
+                            return Ok(None);
+                        }
+                        Step::NeedMore => {
+                            if self.read_more().await? == 0 {
+                                return Error::e_explain(
+                                    PREMATURE_BODY_END,
+                                    "the client closed inside its chunked body",
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// With the request body read: returns only when the client closes (an error) and
+    /// stays pending otherwise; bytes it sends meanwhile are kept as the next pipelined
+    /// request. Before that, the body's next piece, as `read_request_body`.
+    pub async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
+        if !(no_body_expected || self.is_body_done()) {
+            return self.read_request_body().await;
+        }
+        if self.half_closed || self.read_more().await? == 0 {
+            self.half_closed = true;
+            self.keepalive = None;
+            return Error::e_explain(ErrorType::ConnectionClosed, "the client closed");
+        }
+        // Bytes of a pipelined request: kept for it. Nothing more is read for this one (as
+        // pingora), so a client cannot make this buffer grow.
+        std::future::pending().await
+    }
+
+    /// Answers `status` with an empty body and closes the connection after it.
+    pub async fn respond_error(&mut self, status: u16) -> Result<()> {
+        self.keepalive = None;
+        let mut resp = ResponseHeader::build(status, Some(4))?;
+        resp.insert_header(header::CONTENT_LENGTH, "0")?;
+        resp.insert_header(header::CACHE_CONTROL, "private, no-store")?;
+        self.write_response_header(Box::new(resp)).await?;
+        self.finish_body().await
+    }
+
+    /// `100 Continue`, unless a response was written already.
+    pub async fn write_continue_response(&mut self) -> Result<()> {
+        if self.response.is_some() {
+            return Ok(());
+        }
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        self.flush().await
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.stream
+            .write_all(data)
+            .await
+            .or_err(ErrorType::WriteError, "writing to the client")
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.stream
+            .flush()
+            .await
+            .or_err(ErrorType::WriteError, "flushing to the client")
+    }
+
+    /// Writes a response head: an informational one as it is; a final one with Date and
+    /// Connection set, choosing how its body is framed (as pingora's session did).
+    pub async fn write_response_header(&mut self, mut resp: Box<ResponseHeader>) -> Result<()> {
+        if let Some(written) = &self.response {
+            if !written.status.is_informational() || written.status == 101 {
+                return Ok(()); // one final response per request
+            }
+        }
+        let status = resp.status.as_u16();
+        let informational = (100..200).contains(&status) && status != 101;
+        if !informational {
+            if self.close_on_early_response && !self.is_body_done() {
+                self.keepalive = None;
+            }
+            self.writer = if status == 101 {
+                self.keepalive = None;
+                if self.is_upgrade_req() {
+                    // Both ways are now raw bytes until either side closes.
+                    self.body = RequestBody::UntilClose;
+                }
+                ResponseBody::UntilClose
+            } else if status == 204 || status == 304 || self.req.method == http::Method::HEAD {
+                ResponseBody::None
+            } else if resp.headers.contains_key(header::TRANSFER_ENCODING) {
+                ResponseBody::Chunked
+            } else if let Some(n) = resp
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                if n == 0 {
+                    ResponseBody::Done
+                } else {
+                    ResponseBody::Length(n)
+                }
+            } else {
+                ResponseBody::UntilClose
+            };
+            if self.writer == ResponseBody::UntilClose {
+                self.keepalive = None;
+            }
+        }
+        // A 101 keeps its own `Connection: upgrade` (pingora adds these to no 1xx either).
+        if status >= 200 {
+            resp.insert_header(header::DATE, get_cached_date())?;
+            let connection = if self.keepalive.is_some() {
+                "keep-alive"
+            } else {
+                "close"
+            };
+            resp.insert_header(header::CONNECTION, HeaderValue::from_static(connection))?;
+        }
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(match resp.version {
+            http::Version::HTTP_10 => b"HTTP/1.0 ",
+            _ => b"HTTP/1.1 ",
+        });
+        head.extend_from_slice(resp.status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(
+            resp.get_reason_phrase()
+                .or(resp.status.canonical_reason())
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        head.extend_from_slice(b"\r\n");
+        resp.header_to_h1_wire(&mut head);
+        head.extend_from_slice(b"\r\n");
+        self.write(&head).await?;
+        // As pingora: a head whose body comes in real time (1xx, no length) goes out now;
+        // otherwise it waits for the body, to leave in the same send (`edge::coalesce`).
+        if informational
+            || matches!(
+                self.writer,
+                ResponseBody::Chunked | ResponseBody::UntilClose | ResponseBody::None
+            )
+            || self.writer == ResponseBody::Done
+        {
+            self.flush().await?;
+        }
+        self.response = Some(resp);
+        Ok(())
+    }
+
+    /// A piece of the response body, framed as its head said.
+    pub async fn write_response_body(&mut self, data: Bytes, _end: bool) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self.writer {
+            ResponseBody::Length(left) => {
+                let n = (data.len() as u64).min(left) as usize;
+                self.write(&data[..n]).await?;
+                let left = left - n as u64;
+                self.writer = if left == 0 {
+                    self.flush().await?;
+                    ResponseBody::Done
+                } else {
+                    ResponseBody::Length(left)
+                };
+                Ok(())
+            }
+            ResponseBody::Chunked => {
+                let mut chunk = Vec::with_capacity(data.len() + 20);
+                chunk.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(b"\r\n");
+                self.write(&chunk).await?;
+                self.flush().await
+            }
+            ResponseBody::UntilClose => {
+                self.write(&data).await?;
+                self.flush().await
+            }
+            ResponseBody::None | ResponseBody::Done => Ok(()),
+            ResponseBody::Unset => {
+                Error::e_explain(ErrorType::InternalError, "a response body before its head")
+            }
+        }
+    }
+
+    /// Ends the response body: the last chunk, or the flush of what waits.
+    pub async fn finish_body(&mut self) -> Result<()> {
+        match self.writer {
+            ResponseBody::Chunked => {
+                self.writer = ResponseBody::Done;
+                self.write(b"0\r\n\r\n").await?;
+            }
+            ResponseBody::Length(_) => {
+                // The backend sent less than it announced: the client must not take this
+                // connection for a complete response.
+                self.keepalive = None;
+            }
+            _ => {}
+        }
+        self.flush().await
+    }
+
+    /// After a response: the connection and the bytes read past this request, when it may
+    /// serve another; `None` when it closes (then closed here).
+    pub async fn finish(mut self) -> Option<(Stream, Option<BytesMut>)> {
+        let complete = matches!(self.writer, ResponseBody::Done | ResponseBody::None);
+        if self.keepalive.is_none() || !complete || self.half_closed {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+            return None;
+        }
+        // What the handler left of the body is read and dropped, so the next request starts
+        // where it should.
+        while !self.is_body_done() {
+            match self.read_request_body().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+        let rest = (!self.buf.is_empty()).then_some(self.buf);
+        Some((self.stream, rest))
+    }
+}
+
+/// Parses a head that `core::request_head::check_head` accepted into a header and the body's
+/// framing; `None` for what a proxy cannot take (an absolute-form target whose authority is
+/// not Host, a method or target the URI type refuses).
+fn parse_request(head: &Bytes) -> Option<(Box<RequestHeader>, RequestBody)> {
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_SLOTS];
+    let mut parsed = httparse::Request::new(&mut []);
+    match parsed.parse_with_uninit_headers(head, &mut slots) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let mut req = Box::new(
+        RequestHeader::build(
+            parsed.method?,
+            parsed.path?.as_bytes(),
+            Some(parsed.headers.len()),
+        )
+        .ok()?,
+    );
+    req.set_version(match parsed.version {
+        Some(1) => http::Version::HTTP_11,
+        _ => http::Version::HTTP_10,
+    });
+    let mut body = RequestBody::Done;
+    for h in parsed.headers.iter() {
+        let name = head.slice_ref(h.name.as_bytes());
+        // A view into the head, not a copy.
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            body = RequestBody::Chunked(ChunkedDecoder::default());
+        } else if h.name.eq_ignore_ascii_case("content-length") && body == RequestBody::Done {
+            let n: u64 = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+            if n > 0 {
+                body = RequestBody::Length(n);
+            }
+        }
+        req.append_header(name, value).ok()?;
+    }
+    // An absolute-form target names the host itself: it must be the Host header's.
+    if let Some(authority) = absolute_form_authority(req.raw_path()) {
+        let host = req.headers.get(header::HOST)?.as_bytes();
+        if !authority.eq_ignore_ascii_case(host) {
+            return None;
+        }
+    }
+    Some((req, body))
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`), if it is one.
+fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
+    let scheme_end = target.windows(3).position(|w| w == b"://")?;
+    let scheme = &target[..scheme_end];
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let end = rest
+        .iter()
+        .position(|&c| c == b'/' || c == b'?')
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Whether the client wants the connection kept: `Connection: close` never,
+/// `Connection: keep-alive` yes, else HTTP/1.1 yes and HTTP/1.0 no.
+fn client_keepalive(req: &RequestHeader) -> bool {
+    let mut keep = req.version == http::Version::HTTP_11;
+    for value in req.headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&c| c == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                return false;
+            }
+            if token.eq_ignore_ascii_case(b"keep-alive") {
+                keep = true;
+            }
+        }
+    }
+    keep
+}
