@@ -440,6 +440,7 @@ impl BackgroundService for ListenersUp {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap());
         let start = Instant::now();
+        let mut up = Vec::with_capacity(pending.len());
         for (probe, latch) in pending {
             let mut warned = false;
             loop {
@@ -465,11 +466,15 @@ impl BackgroundService for ListenersUp {
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
             }
-            latch.release();
+            up.push(latch);
         }
+        // Logged before the latches open: whoever sees /health answer 200 finds this line.
         tracing::info!(
             after_ms = start.elapsed().as_millis() as u64,
             "ready: the listeners accept, /health answers 200"
         );
+        for latch in up {
+            latch.release();
+        }
     }
 }

@@ -153,6 +153,15 @@ pub fn check_head(buf: &[u8], limits: &Limits) -> Result<CheckedHead, Refusal> {
         ) => return Err(BAD_FRAMING),
         Err(_) => return Err(BAD_REQUEST),
     };
+    // RFC 9112 §2.2 lets a recipient take a bare LF as a line end; a proxy must not, when
+    // the backend might not agree on where a header ends (a smuggling vector).
+    if buf[..len]
+        .iter()
+        .enumerate()
+        .any(|(i, &c)| c == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+    {
+        return Err(BAD_FRAMING);
+    }
     let version = req.version.unwrap_or(1);
     let target = req.path.unwrap_or("");
     let origin_form = target.starts_with('/');
@@ -279,6 +288,11 @@ pub fn valid_host(host: &str) -> bool {
                 && name
                     .iter()
                     .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
+                // RFC 1123: a label neither starts nor ends with a hyphen (a trailing dot,
+                // the root, leaves an empty last label).
+                && name
+                    .split(|&c| c == b'.')
+                    .all(|l| l.first() != Some(&b'-') && l.last() != Some(&b'-'))
         }
     }
 }
@@ -440,8 +454,31 @@ mod tests {
         ] {
             assert!(valid_host(good), "{good}");
         }
-        for bad in ["", "a:", "a:99999999", "[::1", "[zz]", ".a", "a/b", "a%b"] {
+        for bad in [
+            "",
+            "a:",
+            "a:99999999",
+            "[::1",
+            "[zz]",
+            ".a",
+            "a/b",
+            "a%b",
+            "-x.test",
+            "x-.test",
+            "a.-b",
+        ] {
             assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bare_lf_line_ends_are_refused() {
+        for bad in [
+            "GET / HTTP/1.1\nHost: a\n\n",
+            "GET / HTTP/1.1\r\nHost: a\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\n\r\n",
+        ] {
+            assert_eq!(check(bad).map(|_| ()), Err(BAD_FRAMING), "{bad:?}");
         }
     }
 

@@ -1,5 +1,6 @@
-//! The HTTP/1 request path: switchyard proxies HTTP/1 clients itself, on pingora-core's h1
-//! codecs, and hands HTTP/2 clients to pingora-proxy.
+//! The HTTP/1 request path: switchyard proxies HTTP/1 clients itself, on its own HTTP/1
+//! sessions (`edge::client_h1` toward the client, `edge::upstream_h1` toward the backend),
+//! and hands HTTP/2 clients to pingora-proxy.
 //!
 //! Why: a request through pingora-proxy costs about twice the CPU of nginx on this machine,
 //! and switchyard's own work is a small part of it. pingora-proxy runs each request as
