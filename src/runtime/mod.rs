@@ -10,3 +10,4 @@ pub mod rate_limiter;
 pub mod seams;
 pub mod shared;
 pub mod snapshot;
+pub mod wrapped_stream;
