@@ -401,19 +401,12 @@ impl ClientSession {
     /// serve another; `None` when it closes (then closed here).
     pub async fn finish(mut self) -> Option<(Stream, Option<BytesMut>)> {
         let complete = matches!(self.writer, ResponseBody::Done | ResponseBody::None);
-        if self.keepalive.is_none() || !complete || self.half_closed {
+        // A body left unread is not drained (a client could make that last): the
+        // connection closes instead, and the next request cannot start inside it.
+        if self.keepalive.is_none() || !complete || self.half_closed || !self.is_body_done() {
             let _ = self.flush().await;
             let _ = self.stream.shutdown().await;
             return None;
-        }
-        // What the handler left of the body is read and dropped, so the next request starts
-        // where it should.
-        while !self.is_body_done() {
-            match self.read_request_body().await {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) => return None,
-            }
         }
         let rest = (!self.buf.is_empty()).then_some(self.buf);
         Some((self.stream, rest))
