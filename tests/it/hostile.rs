@@ -767,6 +767,16 @@ async fn bad_chunk_size_is_400_and_closed_and_never_a_complete_request_upstream(
             "5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
         ),
         ("chunk data not followed by CRLF", "5\r\nhelloXX0\r\n\r\n"),
+        ("a NUL in a chunk extension", "5;\0\r\nhello\r\n0\r\n\r\n"),
+        ("a bare LF after a chunk size", "5\nhello\r\n0\r\n\r\n"),
+        (
+            "a trailer name with a space",
+            "5\r\nhello\r\n0\r\nX Bad: 1\r\n\r\n",
+        ),
+        (
+            "a trailer line without a colon",
+            "5\r\nhello\r\n0\r\nXBad\r\n\r\n",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (what, body)) in cases.iter().enumerate() {
@@ -883,6 +893,18 @@ async fn malformed_heads_are_400_closed_and_not_forwarded() {
         (
             "an unknown HTTP version",
             format!("GET / HTTP/1.7\r\nHost: {HOST}\r\n\r\n"),
+        ),
+        (
+            "bare LF line ends",
+            format!("GET /m HTTP/1.1\nHost: {HOST}\n\n"),
+        ),
+        (
+            "one bare LF among CRLFs",
+            format!("GET /m HTTP/1.1\r\nHost: {HOST}\nX-A: 1\r\n\r\n"),
+        ),
+        (
+            "a Host label starting with '-'",
+            format!("GET /m HTTP/1.1\r\nHost: -x.{HOST}\r\n\r\n"),
         ),
         (
             "a request line of garbage",
