@@ -239,7 +239,7 @@ fn trim_ows(v: &[u8]) -> &[u8] {
 
 /// One Content-Length value: 1 to 18 digits (no sign, no list, no hex: nginx's rule; 18
 /// digits keep it below u64::MAX), surrounding whitespace allowed.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub fn parse_length(v: &[u8]) -> Option<u64> {
     let v = trim_ows(v);
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -469,6 +469,13 @@ mod tests {
         ] {
             assert!(!valid_host(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn content_lengths() {
+        assert_eq!(parse_length(b" 42 "), Some(42));
+        assert_eq!(parse_length(b"+42"), None);
+        assert_eq!(parse_length(b"4,2"), None);
     }
 
     #[test]

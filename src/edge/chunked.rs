@@ -1,4 +1,4 @@
-//! The chunked transfer coding (RFC 9112 §7.1), decoded strictly from the front of a read
+//! The chunked transfer coding (RFC 9112 §7.1), encoded, and decoded strictly from the front of a read
 //! buffer: for request bodies from clients and response bodies from backends alike.
 //!
 //! Strict: hex sizes of at most 15 digits, extensions of visible characters only, CRLF line
@@ -120,6 +120,16 @@ impl ChunkedDecoder {
             }
         }
     }
+}
+
+/// `data` as one chunk of a chunked body: its size line, the data, CRLF.
+pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut chunk = Vec::with_capacity(data.len() + 20);
+    let _ = write!(chunk, "{:X}\r\n", data.len());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    chunk
 }
 
 /// The length of the first line in `buf` (without its CRLF); `None` while incomplete. A

@@ -21,7 +21,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::core::config::MAX_HEADERS_CAP as HEADER_SLOTS;
-use crate::edge::chunked::{ChunkedDecoder, Step};
+use crate::core::request_head::parse_length;
+use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
 
 /// A client that closes inside its body (pingora's name for it).
 const PREMATURE_BODY_END: ErrorType = ErrorType::new("PrematureBodyEnd");
@@ -119,11 +120,8 @@ impl ClientSession {
         self.req.version == http::Version::HTTP_11 && self.req.headers.contains_key(header::UPGRADE)
     }
 
-    pub fn is_body_empty(&self) -> bool {
-        self.body == RequestBody::Done
-    }
-
-    fn is_body_done(&self) -> bool {
+    /// The request body has been read to its end (or there is none).
+    pub fn is_body_done(&self) -> bool {
         self.body == RequestBody::Done
     }
 
@@ -286,8 +284,7 @@ impl ClientSession {
             } else if let Some(n) = resp
                 .headers
                 .get(header::CONTENT_LENGTH)
-                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
+                .and_then(|v| parse_length(v.as_bytes()))
             {
                 if n == 0 {
                     ResponseBody::Done
@@ -330,13 +327,7 @@ impl ClientSession {
         self.write(&head).await?;
         // As pingora: a head whose body comes in real time (1xx, no length) goes out now;
         // otherwise it waits for the body, to leave in the same send (`edge::coalesce`).
-        if informational
-            || matches!(
-                self.writer,
-                ResponseBody::Chunked | ResponseBody::UntilClose | ResponseBody::None
-            )
-            || self.writer == ResponseBody::Done
-        {
+        if !matches!(self.writer, ResponseBody::Length(_)) {
             self.flush().await?;
         }
         self.response = Some(resp);
@@ -362,11 +353,7 @@ impl ClientSession {
                 Ok(())
             }
             ResponseBody::Chunked => {
-                let mut chunk = Vec::with_capacity(data.len() + 20);
-                chunk.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
-                chunk.extend_from_slice(&data);
-                chunk.extend_from_slice(b"\r\n");
-                self.write(&chunk).await?;
+                self.write(&encode_chunk(&data)).await?;
                 self.flush().await
             }
             ResponseBody::UntilClose => {
@@ -443,7 +430,7 @@ fn parse_request(head: &Bytes) -> Option<(Box<RequestHeader>, RequestBody)> {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             body = RequestBody::Chunked(ChunkedDecoder::default());
         } else if h.name.eq_ignore_ascii_case("content-length") && body == RequestBody::Done {
-            let n: u64 = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+            let n = parse_length(h.value)?;
             if n > 0 {
                 body = RequestBody::Length(n);
             }

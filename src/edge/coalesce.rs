@@ -49,30 +49,14 @@ impl Coalesced {
 
     /// One write to the client under `SEND_TIMEOUT`.
     fn poll_send(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let stalled = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
-                match stalled.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
+        poll_send(&mut self.inner, &mut self.stalled, cx, data)
     }
 
     /// Sends what waits; the buffer is freed once it is all out.
     fn poll_send_waiting(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while self.sent < self.waiting.len() {
-            let waiting = std::mem::take(&mut self.waiting);
-            let sent = self.poll_send(cx, &waiting[self.sent..]);
-            self.waiting = waiting;
-            let n = ready!(sent)?;
+            let waiting = &self.waiting[self.sent..];
+            let n = ready!(poll_send(&mut self.inner, &mut self.stalled, cx, waiting))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -81,6 +65,29 @@ impl Coalesced {
         self.waiting = Vec::new();
         self.sent = 0;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// `data` to `inner`; while the socket takes nothing, a `SEND_TIMEOUT` timer (armed then,
+/// disarmed by progress) bounds the wait.
+fn poll_send(
+    inner: &mut Stream,
+    stalled: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+    data: &[u8],
+) -> Poll<std::io::Result<usize>> {
+    match Pin::new(inner).poll_write(cx, data) {
+        Poll::Ready(r) => {
+            *stalled = None;
+            Poll::Ready(r)
+        }
+        Poll::Pending => {
+            let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            }
+        }
     }
 }
 

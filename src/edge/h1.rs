@@ -349,7 +349,7 @@ impl EdgeApp {
             return Ok(());
         }
 
-        let body_empty = session.is_body_empty();
+        let body_empty = session.is_body_done();
         let expect_continue = !body_empty && expects_continue(session.req_header());
         let mut reader = BodyReader::new(body);
         // The first piece of a body is read before anything goes upstream (unless the client
@@ -602,7 +602,6 @@ impl EdgeApp {
                 .map_err(|e| e.into_down())?;
         }
         session.finish_body().await.map_err(|e| e.into_down())?;
-        up.respect_keepalive();
         if let Some(stream) = up.reuse().await {
             upstream::release(backend, stream);
         }
@@ -770,7 +769,8 @@ struct BodyReader<'a> {
     limits: &'a BodyLimits,
     read: u64,
     progress_mark: u64,
-    deadline: Instant,
+    /// Set at the first read: a request without a body costs no clock read here.
+    deadline: Option<Instant>,
 }
 
 impl<'a> BodyReader<'a> {
@@ -779,7 +779,7 @@ impl<'a> BodyReader<'a> {
             limits,
             read: 0,
             progress_mark: 0,
-            deadline: Instant::now() + limits.timeout,
+            deadline: None,
         }
     }
 
@@ -787,7 +787,10 @@ impl<'a> BodyReader<'a> {
     /// answered when this fails.
     async fn next(&mut self, session: &mut ClientSession) -> Result<Option<bytes::Bytes>> {
         loop {
-            let next = tokio::time::timeout_at(self.deadline, session.read_request_body()).await;
+            let deadline = *self
+                .deadline
+                .get_or_insert_with(|| Instant::now() + self.limits.timeout);
+            let next = tokio::time::timeout_at(deadline, session.read_request_body()).await;
             let chunk = match next {
                 Ok(Ok(Some(chunk))) => chunk,
                 Ok(Ok(None)) => return Ok(None),
@@ -818,7 +821,7 @@ impl<'a> BodyReader<'a> {
             }
             if self.read - self.progress_mark >= BODY_PROGRESS_BYTES {
                 self.progress_mark = self.read;
-                self.deadline = Instant::now() + self.limits.timeout;
+                self.deadline = Some(Instant::now() + self.limits.timeout);
             }
             return Ok(Some(chunk));
         }

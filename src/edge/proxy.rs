@@ -510,10 +510,9 @@ impl EdgeProxy {
         if names_others {
             return false;
         }
-        let keep_id = req
-            .headers
-            .get(&X_REQUEST_ID)
-            .is_some_and(|v| !v.is_empty());
+        // The client's own X-Request-Id goes on as sent, unless it is empty.
+        let client_id = req.headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty());
+        let keep_id = client_id.is_some();
         out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(req.raw_path());
@@ -551,11 +550,8 @@ impl EdgeProxy {
             if self.tls { b"https" } else { b"http" },
         );
         line(b"X-Forwarded-Host", host.as_bytes());
-        let id = if keep_id {
-            req.headers
-                .get(&X_REQUEST_ID)
-                .cloned()
-                .expect("checked above")
+        let id = if let Some(id) = client_id {
+            id.clone()
         } else {
             let id = new_request_id();
             line(b"X-Request-Id", id.as_bytes());

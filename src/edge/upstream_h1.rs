@@ -17,7 +17,8 @@ use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::edge::chunked::{ChunkedDecoder, Step};
+use crate::core::request_head::parse_length;
+use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
 
 /// A backend's response head may be this long (pingora's limit too).
 const MAX_HEAD: usize = 1024 * 1024;
@@ -119,11 +120,8 @@ impl UpstreamSession {
         }
         match self.request_body {
             RequestBody::Chunked => {
-                let mut chunk = Vec::with_capacity(data.len() + 20);
-                chunk.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
-                chunk.extend_from_slice(data);
-                chunk.extend_from_slice(b"\r\n");
-                self.write(&chunk, "writing the request body").await
+                self.write(&encode_chunk(data), "writing the request body")
+                    .await
             }
             RequestBody::Length | RequestBody::Raw => {
                 self.write(data, "writing the request body").await
@@ -273,10 +271,6 @@ impl UpstreamSession {
         }
     }
 
-    /// Whether the connection may be reused is decided when the response ends (see
-    /// `reuse`); kept for the caller's sequence.
-    pub fn respect_keepalive(&mut self) {}
-
     /// The connection, when the response ended cleanly, the backend did not ask to close,
     /// and nothing unread follows it.
     pub async fn reuse(self) -> Option<Stream> {
@@ -405,15 +399,6 @@ fn parse_head<'b>(
     }))
 }
 
-/// A Content-Length value: digits only, at most 18 of them.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
 /// The last comma-separated token of a header value, trimmed.
 fn last_token(v: &[u8]) -> &[u8] {
     v.rsplit(|&c| c == b',').next().unwrap_or(v).trim_ascii()
@@ -424,10 +409,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lengths_and_codings() {
-        assert_eq!(parse_length(b" 42 "), Some(42));
-        assert_eq!(parse_length(b"+42"), None);
-        assert_eq!(parse_length(b"4,2"), None);
+    fn codings() {
         assert_eq!(last_token(b"gzip, chunked"), b"chunked");
         assert_eq!(last_token(b"chunked, gzip"), b"gzip");
     }
