@@ -114,7 +114,6 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let conf = server.configuration.clone();
 
     let mut services: Vec<Box<dyn pingora_core::services::ServiceWithDependents>> = Vec::new();
     let mut probes = Vec::new();
@@ -129,7 +128,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                 .map(|c| c.store.clone() as Arc<dyn Http01Answers>),
             https_port: config.listen.https.map(|a| a.port()),
         };
-        let app = EdgeApp::new(&conf, edge, connections.clone());
+        let app = EdgeApp::new(edge, connections.clone());
         let probe = ListenerProbe::new("listen.http", http);
         probes.push((probe.clone(), readiness.latch("listen.http")));
         services.push(Box::new(ClientListener::new(
@@ -145,7 +144,7 @@ pub fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             certs: Some(certs.store.clone() as Arc<dyn Http01Answers>),
             https_port: Some(https.port()),
         };
-        let proxy = Arc::new(EdgeApp::new(&conf, edge, connections.clone()));
+        let proxy = Arc::new(EdgeApp::new(edge, connections.clone()));
         let front = TlsFront::new(tls::front::server_config(certs.store.clone()), proxy);
         let probe = ListenerProbe::new("listen.https", https);
         probes.push((probe.clone(), readiness.latch("listen.https")));

@@ -14,16 +14,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use pingora_core::prelude::HttpPeer;
 use pingora_core::protocols::l4::socket::SocketAddr as ClientAddr;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::core::config::Limits;
 use crate::core::request_head::{normalize_path, Refusal, Rejection};
 use crate::edge::client_addr::{self, forwarded_entries, Client, X_FORWARDED_FOR};
 use crate::edge::middleware::compress::{self, Encoder, Negotiated};
@@ -97,8 +93,6 @@ pub struct RequestCtx {
     request_id: Option<HeaderValue>,
     hsts: bool,
     upstream_error: Option<UpstreamErrorKind>,
-    /// HTTP/2 only: the request body's limits (HTTP/1 has `h1::BodyReader`).
-    body: Option<BodyProgress>,
     /// Who sent the request (`edge::client_addr`), set by `admit`.
     pub(crate) client: Client,
     /// The route's middlewares, when it has any.
@@ -124,7 +118,6 @@ impl RequestCtx {
             request_id: None,
             hsts: false,
             upstream_error: None,
-            body: None,
             client: Client::default(),
             edge: None,
             rate_limited: false,
@@ -300,17 +293,6 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
-/// Answers the client directly, keeping the connection open (unlike `respond_error`).
-async fn respond(session: &mut Session, local: LocalResponse, ctx: &RequestCtx) -> Result<()> {
-    let resp = local_header(&local, ctx)?;
-    let empty = local.body.is_empty();
-    session.write_response_header(Box::new(resp), empty).await?;
-    if !empty {
-        session.write_response_body(Some(local.body), true).await?;
-    }
-    Ok(())
-}
-
 /// The header of a response the proxy gives itself; a routed one (a 429) gets the route's
 /// response headers too.
 pub(crate) fn local_header(local: &LocalResponse, ctx: &RequestCtx) -> Result<ResponseHeader> {
@@ -445,6 +427,9 @@ impl EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_hop_by_hop(upstream, upgrade)?;
+        if upstream.version == http::Version::HTTP_2 {
+            join_cookies(upstream)?;
+        }
 
         if let Some(value) = forwarded_for(&upstream.headers, ctx.client) {
             upstream.insert_header(X_FORWARDED_FOR.clone(), value)?;
@@ -495,9 +480,17 @@ impl EdgeProxy {
         {
             return false;
         }
-        let Some(host) = req.headers.get(header::HOST) else {
-            return false;
+        // HTTP/2 carries the host in :authority; the backend gets it as Host, first.
+        let (host, from_authority) = match req.headers.get(header::HOST) {
+            Some(host) => (host.as_bytes(), false),
+            None => match req.uri.authority() {
+                Some(auth) if req.version == http::Version::HTTP_2 => {
+                    (auth.as_str().as_bytes(), true)
+                }
+                _ => return false,
+            },
         };
+        let h2 = req.version == http::Version::HTTP_2;
         let names_others = req.headers.get_all(header::CONNECTION).iter().any(|v| {
             v.as_bytes().split(|&c| c == b',').any(|t| {
                 let t = t.trim_ascii();
@@ -517,12 +510,15 @@ impl EdgeProxy {
         out.push(b' ');
         out.extend_from_slice(req.raw_path());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut line = |name: &[u8], value: &[u8]| {
+        fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
-        };
+        }
+        if from_authority {
+            line(out, b"Host", host);
+        }
         let mut cased = req.case_header_iter();
         for (name, value) in req.headers.iter() {
             // The case map, when there is one, runs in step with the map (pingora's order).
@@ -534,27 +530,47 @@ impl EdgeProxy {
                 || name == X_FORWARDED_PROTO
                 || name == X_FORWARDED_HOST
                 || name == header::EXPECT
-                || (name == X_REQUEST_ID && !keep_id);
+                || (name == X_REQUEST_ID && !keep_id)
+                || (h2 && name == header::COOKIE);
             if !dropped {
-                line(wire.unwrap_or(name.as_str().as_bytes()), value.as_bytes());
+                line(
+                    out,
+                    wire.unwrap_or(name.as_str().as_bytes()),
+                    value.as_bytes(),
+                );
+            }
+        }
+        if h2 {
+            // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one, joined with
+            // "; " (RFC 9113 §8.2.3).
+            let mut cookies = req.headers.get_all(header::COOKIE).iter();
+            if let Some(first) = cookies.next() {
+                out.extend_from_slice(b"cookie: ");
+                out.extend_from_slice(first.as_bytes());
+                for more in cookies {
+                    out.extend_from_slice(b"; ");
+                    out.extend_from_slice(more.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
             }
         }
         if upgrade {
-            line(b"Connection", b"upgrade");
+            line(out, b"Connection", b"upgrade");
         }
         if let Some(xff) = forwarded_for(&req.headers, ctx.client) {
-            line(b"X-Forwarded-For", xff.as_bytes());
+            line(out, b"X-Forwarded-For", xff.as_bytes());
         }
         line(
+            out,
             b"X-Forwarded-Proto",
             if self.tls { b"https" } else { b"http" },
         );
-        line(b"X-Forwarded-Host", host.as_bytes());
+        line(out, b"X-Forwarded-Host", host);
         let id = if let Some(id) = client_id {
             id.clone()
         } else {
             let id = new_request_id();
-            line(b"X-Request-Id", id.as_bytes());
+            line(out, b"X-Request-Id", id.as_bytes());
             id
         };
         out.extend_from_slice(b"\r\n");
@@ -644,201 +660,6 @@ impl EdgeProxy {
     }
 }
 
-/// pingora-proxy's request path, used for HTTP/2 clients (HTTP/1 goes through `crate::edge::h1`).
-#[async_trait]
-impl ProxyHttp for EdgeProxy {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new()
-    }
-
-    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
-        // No response compression module: the edge passes bodies through untouched.
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let limits = self.shared.snapshot.load().config.limits;
-        let checked = sanitize_request(session.req_header_mut())
-            .and_then(|()| h2_head_limits(session.req_header(), &limits));
-        if let Err(refusal) = checked {
-            metrics::global().rejected(refusal.reason);
-            respond(
-                session,
-                LocalResponse::text(refusal.status, b"request refused\n"),
-                ctx,
-            )
-            .await?;
-            return Ok(true);
-        }
-        ctx.body = Some(BodyProgress::new(&limits));
-        if let Some(local) = self.admit(session.req_header(), session.client_addr(), ctx) {
-            respond(session, local, ctx).await?;
-            return Ok(true);
-        }
-        if !session.is_body_empty() {
-            // As on the HTTP/1 path, the first piece of a body is awaited (within
-            // body_timeout_s) before anything goes upstream: pingora-proxy has no read
-            // timeout for HTTP/2 bodies, so a body that never comes would otherwise hold a
-            // backend until its read timeout. The piece is kept in pingora's retry buffer
-            // (64 KiB; an HTTP/2 DATA frame is at most 16 KiB here) and sent on first.
-            session.as_mut().enable_retry_buffering();
-            let first =
-                tokio::time::timeout(limits.body_timeout, session.read_request_body()).await;
-            match first {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    metrics::global().rejected(Rejection::Timeout);
-                    let local = LocalResponse::text(408, b"request body timeout\n");
-                    respond(session, local, ctx).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
-        let Some(backend) = self.pick_backend(ctx) else {
-            return Error::e_explain(ErrorType::ConnectNoRoute, "the pool has no backend");
-        };
-        let service = ctx.service.as_ref().expect("admit set the service");
-        let mut peer = HttpPeer::new(backend, false, String::new());
-        let opts = &mut peer.options;
-        opts.connection_timeout = Some(service.config.connect_timeout);
-        opts.total_connection_timeout = Some(service.config.connect_timeout);
-        opts.read_timeout = Some(service.config.read_timeout);
-        opts.write_timeout = Some(service.config.read_timeout);
-        opts.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        Ok(Box::new(peer))
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        let kind = error_kind(&e);
-        if ctx.may_retry_elsewhere() {
-            ctx.retry_elsewhere(kind);
-            e.set_retry(true);
-        } else {
-            ctx.upstream_failed(kind);
-        }
-        e
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        let upgrade = session.is_upgrade_req();
-        self.upstream_request(upstream, upgrade, ctx)
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        self.client_response(resp, ctx)
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
-        let verdict = error_status(e);
-        if let ErrorStatus::Upstream(kind) = verdict {
-            if ctx.upstream_error.is_none() {
-                // Connect failures were counted in fail_to_connect.
-                ctx.upstream_failed(kind);
-            }
-        }
-        let code = verdict.status();
-        if let Some(code) = code {
-            let _ = session.respond_error(code).await;
-        }
-        FailToProxy {
-            error_code: code.unwrap_or(0),
-            can_reuse_downstream: false,
-        }
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = status_sent(session.response_written());
-        self.record(session.req_header(), status, e, ctx);
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let (Some(progress), Some(chunk)) = (ctx.body.as_mut(), body.as_ref()) {
-            if let Err(refusal) = progress.advance(chunk.len()) {
-                metrics::global().rejected(refusal.reason);
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(refusal.status),
-                    "request body beyond the limits",
-                );
-            }
-        }
-        check_drain(ctx)
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<Duration>> {
-        check_drain(ctx)?;
-        if let Some(encoder) = ctx.encoder.as_mut() {
-            let mut out = match body.take() {
-                Some(piece) if !piece.is_empty() => {
-                    encoder.encode(&piece).map_err(compression_error)?
-                }
-                _ => Bytes::new(),
-            };
-            if end_of_stream {
-                let encoder = ctx.encoder.take().expect("checked above");
-                let tail = encoder.finish().map_err(compression_error)?;
-                out = if out.is_empty() {
-                    tail
-                } else {
-                    let mut joined = Vec::with_capacity(out.len() + tail.len());
-                    joined.extend_from_slice(&out);
-                    joined.extend_from_slice(&tail);
-                    joined.into()
-                };
-            }
-            *body = (!out.is_empty()).then_some(out);
-        }
-        Ok(None)
-    }
-
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        // Clients going away are routine at an edge; don't log them as errors.
-        matches!(error.esource(), ErrorSource::Downstream)
-    }
-}
-
 /// The compressor failed (it writes to memory: it does not).
 pub(crate) fn compression_error(e: std::io::Error) -> Box<Error> {
     Error::because(ErrorType::InternalError, "compressing the response body", e)
@@ -878,72 +699,21 @@ fn forwarded_for(headers: &http::HeaderMap, client: Client) -> Option<HeaderValu
     )
 }
 
-/// The head limits of an HTTP/2 request (HTTP/1 heads are checked as they are read, in
-/// `crate::edge::h1`): the header count, and a content-length beyond `max_body_bytes`. The
-/// header list's size is bounded by the h2 settings (`max_header_list_size`).
-fn h2_head_limits(req: &RequestHeader, limits: &Limits) -> std::result::Result<(), Refusal> {
-    if req.headers.len() > limits.max_headers {
-        return Err(Refusal::new(431, Rejection::TooLarge));
+/// HTTP/2 may split Cookie into several fields; an HTTP/1.1 backend gets one, joined with
+/// "; " (RFC 9113 §8.2.3).
+fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    let mut cookies = req.headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return Ok(());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for more in req.headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
     }
-    let size: usize = req
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    if size > limits.max_header_bytes {
-        return Err(Refusal::new(431, Rejection::TooLarge));
-    }
-    if limits.max_body_bytes > 0 {
-        let length = req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if length.is_some_and(|n| n > limits.max_body_bytes) {
-            return Err(Refusal::new(413, Rejection::TooLarge));
-        }
-    }
-    Ok(())
-}
-
-/// The body limits on the HTTP/2 path, checked as each piece arrives: the size cap, and
-/// progress — at least 1 KiB per `body_timeout_s` — as on the HTTP/1 path. (pingora-proxy
-/// has no read timeout for HTTP/2 bodies; a body that stops altogether is bounded by the
-/// service's read timeout, which runs while the backend waits for it.)
-pub(crate) struct BodyProgress {
-    read: u64,
-    mark: u64,
-    deadline: Instant,
-    max: u64,
-    timeout: Duration,
-}
-
-impl BodyProgress {
-    fn new(limits: &Limits) -> BodyProgress {
-        BodyProgress {
-            read: 0,
-            mark: 0,
-            deadline: Instant::now() + limits.body_timeout,
-            max: limits.max_body_bytes,
-            timeout: limits.body_timeout,
-        }
-    }
-
-    fn advance(&mut self, n: usize) -> std::result::Result<(), Refusal> {
-        self.read += n as u64;
-        if self.max > 0 && self.read > self.max {
-            return Err(Refusal::new(413, Rejection::TooLarge));
-        }
-        let now = Instant::now();
-        if self.read - self.mark >= 1024 {
-            self.mark = self.read;
-            self.deadline = now + self.timeout;
-        } else if now > self.deadline {
-            return Err(Refusal::new(408, Rejection::Timeout));
-        }
-        Ok(())
-    }
+    let joined = HeaderValue::from_bytes(&joined)
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid cookie"))?;
+    req.insert_header(header::COOKIE, joined)
 }
 
 /// Makes a request unambiguous before it is routed, on both request paths: the path

@@ -215,6 +215,12 @@ impl UpstreamSession {
         }
     }
 
+    /// The response body has been read to its end (a Content-Length body, from its last
+    /// piece on).
+    pub fn is_body_done(&self) -> bool {
+        self.body == ResponseBody::Done
+    }
+
     /// The next piece of the response body (decoded from chunks), `None` at its end. A body
     /// cut short by the backend is an error (`ConnectionClosed`), never a short success.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {

@@ -2483,6 +2483,69 @@ impl H2 {
     }
 }
 
+/// An HTTP/2 request reaches an HTTP/1.1 backend as one: Host from :authority, the
+/// X-Forwarded-* and X-Request-Id headers, split Cookie fields joined into one, and a body
+/// without content-length framed in chunks, whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2_requests_reach_http1_backends_whole() {
+    let rec = Recorder::start("app").await;
+    let (proxy, _dir, ca) = tls_env(&rec, "").await;
+    let addr = proxy.ports.https;
+
+    let mut h = H2::open(addr, &ca).await;
+    let cookies = [("cookie", "a=1"), ("cookie", "b=2"), ("x-note", "kept")];
+    h.request(1, "GET", "/h2-get?q=1", &cookies, true).await;
+    match h.end_of(1, IO_TIMEOUT).await {
+        Some(H2End::Status(200)) => {}
+        other => panic!("an HTTP/2 GET: {other:?}\n{}", proxy.logs()),
+    }
+    let body = pattern(3000, 7);
+    h.request(3, "POST", "/h2-post", &[], false).await;
+    h.data(3, &body[..1000], false).await;
+    h.data(3, &body[1000..], true).await;
+    match h.end_of(3, IO_TIMEOUT).await {
+        Some(H2End::Status(200)) => {}
+        other => panic!(
+            "an HTTP/2 POST without content-length: {other:?}\n{}",
+            proxy.logs()
+        ),
+    }
+    assert!(rec.wait_count(2, IO_TIMEOUT).await, "{:?}", rec.summaries());
+    let reqs = rec.requests();
+    let get = reqs
+        .iter()
+        .find(|r| r.path() == "/h2-get")
+        .expect("the GET upstream");
+    assert_eq!(get.version, "HTTP/1.1", "{}", get.summary());
+    assert_eq!(get.target, "/h2-get?q=1", "{}", get.summary());
+    let host = get.header("host").unwrap_or_default();
+    assert!(host.starts_with(HOST), "Host {host:?}: {}", get.summary());
+    assert_eq!(get.header("x-forwarded-host"), Some(host.clone()));
+    assert_eq!(get.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(get.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(get.header("x-note").as_deref(), Some("kept"));
+    let cookie_lines: Vec<_> = get
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookie_lines, ["a=1; b=2"], "{}", get.summary());
+    assert_eq!(get.header("x-request-id").map(|v| v.len()), Some(32));
+    let post = reqs
+        .iter()
+        .find(|r| r.path() == "/h2-post")
+        .expect("the POST upstream");
+    assert_eq!(
+        post.header("transfer-encoding").as_deref(),
+        Some("chunked"),
+        "{}",
+        post.summary()
+    );
+    assert_eq!(post.header("content-length"), None, "{}", post.summary());
+    assert_eq!(post.body, body, "the body upstream: {}", post.summary());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_requests_get_max_body_bytes_and_body_timeout_too() {
     let rec = Recorder::start("app").await;
