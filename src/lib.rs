@@ -8,8 +8,8 @@
 //! - `persist` — where release state and history live (the file store, atomic writes).
 //! - `control` — the release controller: every change of release state, backends or config
 //!   goes through its one commit lock; smoke checks; the SLO watch.
-//! - `edge` — the client side: HTTP/1 connections, HTTP/2 through pingora-proxy, the
-//!   per-request decisions, the upstream pool.
+//! - `edge` — the client side: HTTP/1 connections, HTTP/2 streams (pingora's HTTP/2
+//!   server), the request path both share, the per-request decisions, the upstream pool.
 //! - `tls` — certificates (ACME, internal CA, files) and the TLS front. `edge` and `tls`
 //!   never import each other: they meet through small traits in `runtime`.
 //! - `admin` — the admin API (HTTP status codes live here), its token.

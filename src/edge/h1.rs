@@ -44,7 +44,7 @@ const HEAD_BUFFER: usize = 4096;
 
 /// The client side of both proxy listeners: the connection cap, the request-head deadline and
 /// checks (`crate::core::request_head`), keep-alive, and the hand-over of HTTP/2 connections to
-/// pingora-proxy.
+/// `edge::h2`.
 pub struct EdgeApp {
     edge: EdgeProxy,
     /// HTTP/2 clients (`edge::h2`), on the same `EdgeProxy`.
@@ -144,8 +144,8 @@ impl EdgeApp {
         }
     }
 
-    /// HTTP/2: the client's preface must arrive within `header_timeout`; pingora-proxy serves
-    /// the connection from there (idle and stream limits set in `new`).
+    /// HTTP/2: the client's preface must arrive within `header_timeout`; `edge::h2` serves
+    /// the connection from there (idle and stream limits set in `H2App::new`).
     async fn serve_h2(
         self: &Arc<Self>,
         mut stream: Stream,

@@ -1,9 +1,11 @@
 //! The client side of the proxy: connections and requests from the internet.
 //!
-//! `h1` serves HTTP/1 connections itself (limits, strict heads, keep-alive) and hands HTTP/2
-//! to pingora-proxy; `client_h1` and `upstream_h1` are its HTTP/1 sessions toward the client
-//! and the backend, `chunked` their chunked decoder, `coalesce` sends a response head and
-//! short body in one write; `proxy` holds the per-request decisions both paths share;
+//! `h1` serves HTTP/1 connections (limits, strict heads, keep-alive) and hands HTTP/2 to
+//! `h2` (pingora's HTTP/2 server, our per-stream code); `relay` is the request path both
+//! share, over `downstream`'s view of a client session; `client_h1` and `upstream_h1` are the
+//! HTTP/1 sessions toward the client and the backend, `chunked` their chunked decoder,
+//! `coalesce` sends a response head and short body in one write; `proxy` holds the
+//! per-request decisions (route, color, headers, metrics);
 //! `client_addr` says who the client is (PROXY protocol, trusted X-Forwarded-For);
 //! `middleware` holds a route's header edits, rate limit and compression; `upstream` keeps
 //! idle backend connections per thread; `replay` gives back bytes read ahead.

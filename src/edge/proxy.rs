@@ -1,9 +1,8 @@
-//! What the proxy decides per request, and pingora's `ProxyHttp` built on it.
+//! What the proxy decides per request.
 //!
 //! The decisions (route, ACME answer, redirect, color, backend, headers both ways, metrics)
-//! live on `EdgeProxy` as plain functions, shared by the two request paths: `crate::edge::h1`
-//! proxies HTTP/1 clients itself, and pingora-proxy (the `ProxyHttp` impl below) serves
-//! HTTP/2 clients.
+//! live on `EdgeProxy` as plain functions; `crate::edge::relay` runs them for HTTP/1 and
+//! HTTP/2 requests alike.
 //!
 //! Per request: one snapshot load, one route lookup, one `Arc` clone of the service, a
 //! round-robin pick. Metrics handles come resolved from the snapshot; nothing here locks.

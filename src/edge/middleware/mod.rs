@@ -1,5 +1,5 @@
-//! A route's edge middlewares, on both request paths (`edge::h1` and pingora-proxy's HTTP/2
-//! path through `edge::proxy`): what teams configure as Traefik middlewares. Each is resolved
+//! A route's edge middlewares, on the request path of both protocols (`edge::relay`, through
+//! `edge::proxy`): what teams configure as Traefik middlewares. Each is resolved
 //! once per snapshot (`runtime::snapshot::RouteEdge`); a route without any costs its requests
 //! one `None` check.
 //!
