@@ -282,17 +282,24 @@ pub fn valid_host(host: &str) -> bool {
     match name {
         None => true,
         Some(name) => {
-            !name.is_empty()
-                && name.len() <= 253
-                && name[0] != b'.'
-                && name
-                    .iter()
-                    .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
-                // RFC 1123: a label neither starts nor ends with a hyphen (a trailing dot,
-                // the root, leaves an empty last label).
-                && name
-                    .split(|&c| c == b'.')
-                    .all(|l| l.first() != Some(&b'-') && l.last() != Some(&b'-'))
+            if name.is_empty() || name.len() > 253 || name[0] == b'.' {
+                return false;
+            }
+            // One pass: the characters, and (RFC 1123) no label that starts or ends with a
+            // hyphen (a trailing dot, the root, leaves an empty last label).
+            let mut prev = b'.';
+            for &c in name {
+                match c {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => {}
+                    b'-' if prev == b'.' => return false,
+                    b'-' => {}
+                    b'.' if prev == b'-' => return false,
+                    b'.' => {}
+                    _ => return false,
+                }
+                prev = c;
+            }
+            prev != b'-'
         }
     }
 }

@@ -3,6 +3,10 @@
 
 use std::collections::HashMap;
 
+/// Hosts are hashed per request: foldhash, not SipHash (the table's keys are the
+/// configuration's, so a client cannot fill it with colliding names).
+type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 use crate::core::config::Route;
 
 /// Longest host name we lower-case on the stack; longer ones (over DNS's 253) never match.
@@ -27,10 +31,10 @@ impl PathRoutes {
 /// route).
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    exact: HashMap<Box<str>, PathRoutes>,
+    exact: Map<PathRoutes>,
     /// `*.example.com` is stored under `example.com`; it matches exactly one more label,
     /// like a wildcard certificate.
-    wildcard: HashMap<Box<str>, PathRoutes>,
+    wildcard: Map<PathRoutes>,
 }
 
 impl RouteTable {
@@ -63,8 +67,15 @@ impl RouteTable {
     /// `host` as the client sent it (any case, optional `:port`).
     pub fn lookup(&self, host: &str, path: &str) -> Option<usize> {
         let host = strip_port(host);
-        let mut buf = [0u8; MAX_HOST];
-        let host = lowercase(host, &mut buf)?;
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let mut buf = [0u8; MAX_HOST];
+            let host = lowercase(host, &mut buf)?;
+            return self.lookup_lowercase(host, path);
+        }
+        self.lookup_lowercase(host, path)
+    }
+
+    fn lookup_lowercase(&self, host: &str, path: &str) -> Option<usize> {
         let host = host.strip_suffix('.').unwrap_or(host);
         if let Some(pr) = self.exact.get(host) {
             if let Some(s) = pr.lookup(path) {
@@ -100,9 +111,6 @@ pub fn strip_port(host: &str) -> &str {
 }
 
 fn lowercase<'a>(s: &'a str, buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str> {
-    if !s.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Some(s);
-    }
     let bytes = s.as_bytes();
     if bytes.len() > MAX_HOST {
         return None;

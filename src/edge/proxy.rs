@@ -843,6 +843,16 @@ fn protected(name: &HeaderName) -> bool {
 }
 
 fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {
+    // One pass over the names first: most messages carry none of these (or only
+    // Connection), and a lookup per name would hash each of them.
+    let hop = |name: &HeaderName| {
+        name == header::CONNECTION
+            || (name == header::UPGRADE && !upgrade)
+            || HOP_BY_HOP.contains(name)
+    };
+    if !h.headers().keys().any(hop) {
+        return Ok(());
+    }
     if h.headers().contains_key(header::CONNECTION) {
         // Headers named in Connection are hop-by-hop too (rare; allocation only then). Every
         // Connection line counts, not only the first.
