@@ -552,3 +552,113 @@ fn client_keepalive(req: &RequestHeader) -> bool {
     }
     keep
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `write_response_header` wrote before: Date and Connection inserted into the
+    /// header, then the header serialised by pingora.
+    fn through_the_map(resp: &ResponseHeader, keepalive: bool) -> Vec<u8> {
+        let mut resp = resp.clone();
+        resp.insert_header(header::DATE, get_cached_date()).unwrap();
+        let connection = if keepalive { "keep-alive" } else { "close" };
+        resp.insert_header(header::CONNECTION, connection).unwrap();
+        let mut out = Vec::new();
+        resp.header_to_h1_wire(&mut out);
+        out
+    }
+
+    fn written(resp: &ResponseHeader, ours: Option<OwnHeaders>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_header_lines(resp, ours, &mut out);
+        out
+    }
+
+    /// The Date line's value blanked (the cached date may turn between two reads).
+    fn dateless(wire: &[u8]) -> String {
+        let text = String::from_utf8(wire.to_vec()).unwrap();
+        text.split("\r\n")
+            .map(|l| {
+                if l.starts_with("Date: ") {
+                    "Date: -"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    fn no_case(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            resp.append_header(name, *value).unwrap();
+        }
+        resp
+    }
+
+    fn cased(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        for (name, value) in headers {
+            resp.append_header(name.to_string(), *value).unwrap();
+        }
+        resp
+    }
+
+    #[test]
+    fn own_date_and_connection_are_written_as_inserting_them_did() {
+        let sets: &[&[(&str, &str)]] = &[
+            &[],
+            &[("server", "nginx"), ("content-length", "3")],
+            &[
+                ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("X-One", "1"),
+                ("x-two", "2"),
+            ],
+            &[
+                ("x-a", "1"),
+                ("connection", "upgrade"),
+                ("date", "x"),
+                ("x-a", "2"),
+            ],
+            &[
+                ("date", "a"),
+                ("x-b", "b"),
+                ("date", "c"),
+                ("Set-Cookie", "s=1"),
+            ],
+            &[
+                ("Content-Type", "text/plain"),
+                ("cache-control", "no-store"),
+            ],
+        ];
+        for headers in sets {
+            for keepalive in [true, false] {
+                let ours = Some(OwnHeaders { keepalive });
+                for resp in [no_case(headers), cased(headers)] {
+                    assert_eq!(
+                        dateless(&written(&resp, ours)),
+                        dateless(&through_the_map(&resp, keepalive)),
+                        "{headers:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_informational_head_keeps_its_own_headers() {
+        let headers = [
+            ("Connection", "upgrade"),
+            ("Upgrade", "websocket"),
+            ("date", "d"),
+        ];
+        for resp in [no_case(&headers), cased(&headers)] {
+            let mut wire = Vec::new();
+            resp.header_to_h1_wire(&mut wire);
+            assert_eq!(written(&resp, None), wire);
+        }
+    }
+}
