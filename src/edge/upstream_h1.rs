@@ -321,11 +321,22 @@ pub fn request_head(req: &RequestHeader, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Where a header line's name and value lie in the head.
+/// Where a header line's name and value lie in the head (offsets: a head is far shorter
+/// than 4 GiB, and the array of these is zeroed per response, so kept small).
 #[derive(Clone, Copy, Default)]
 struct Span {
-    name: (usize, usize),
-    value: (usize, usize),
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    fn name(self) -> std::ops::Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    fn value(self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
 }
 
 /// The status line of a complete head, and the head's length.
@@ -376,7 +387,7 @@ fn scan_head<'b>(
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
-        (start, start + s.len())
+        (start as u32, (start + s.len()) as u32)
     };
     for (h, span) in parsed.headers.iter().zip(spans.iter_mut()) {
         *span = Span {
@@ -410,13 +421,13 @@ fn build_head(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
-    for span in spans {
-        let raw_name = &head[span.name.0..span.name.1];
-        let raw_value = &head[span.value.0..span.value.1];
+    for &span in spans {
+        let raw_name = &head[span.name()];
+        let raw_value = &head[span.value()];
         let name = HeaderName::from_bytes(raw_name)
             .or_err(ErrorType::InvalidHTTPHeader, "invalid header name")?;
         // A view into the head (checked as `HeaderValue::from_bytes` checks), not a copy.
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
             .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
         if name == header::CONTENT_LENGTH {
             let n = parse_length(raw_value).ok_or_else(|| {
