@@ -508,4 +508,58 @@ mod tests {
         assert_eq!(last_token(b"gzip, chunked"), b"chunked");
         assert_eq!(last_token(b"chunked, gzip"), b"gzip");
     }
+
+    /// Scans and builds a head as `UpstreamSession::parse_head` does; the rest of `wire`.
+    fn parse(wire: &[u8]) -> Result<(ParsedHead, Bytes)> {
+        let mut buf = BytesMut::from(wire);
+        let mut slots = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let mut spans = [Span::default(); FEW_HEADERS];
+        let (line, n) = scan_head(&buf, &mut slots, &mut spans)?.expect("a complete head");
+        let head = buf.split_to(line.len).freeze();
+        Ok((build_head(line, &head, &spans[..n], false)?, buf.freeze()))
+    }
+
+    #[test]
+    fn a_head_becomes_a_header_whose_values_are_as_sent() {
+        let wire = b"HTTP/1.1 200 Fine\r\nServer: x\r\nX-A: 1\r\nx-a:  2 \r\nDate: d\r\n\
+                     Content-Length: 3\r\n\r\nabc";
+        let (parsed, rest) = parse(wire).unwrap();
+        let resp = parsed.response;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert!(!resp.has_case());
+        let a: Vec<_> = resp.headers.get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "2"]);
+        assert_eq!(resp.headers["server"], "x");
+        assert_eq!(resp.headers.len(), 5);
+        assert_eq!(parsed.body, ResponseBody::Length(3));
+        assert!(parsed.keepalive);
+        assert_eq!(rest, &b"abc"[..]);
+    }
+
+    #[test]
+    fn a_value_with_a_control_character_is_refused_and_obs_text_kept() {
+        assert!(parse(b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 0\r\n\r\n").is_err());
+        let (parsed, _) =
+            parse(b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(parsed.response.headers["x-a"].as_bytes(), b"caf\xe9");
+    }
+
+    #[test]
+    fn framing_follows_the_head() {
+        let (p, _) = parse(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\
+                            Transfer-Encoding: gzip, chunked\r\n\r\n",
+        )
+        .unwrap();
+        assert!(matches!(p.body, ResponseBody::Chunked(_)));
+        assert!(p.keepalive);
+        let (p, _) = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(p.body, ResponseBody::UntilClose);
+        assert!(!p.keepalive);
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        assert!(parse(b"HTTP/1.1 099 Low\r\n\r\n").is_err());
+    }
 }
