@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::protocols::http::date::get_cached_date;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::protocols::{SocketDigest, Stream};
@@ -28,6 +28,8 @@ use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
 const PREMATURE_BODY_END: ErrorType = ErrorType::new("PrematureBodyEnd");
 /// Read size for bodies and what follows them.
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for a read while the client should be sending nothing (see `read_body_or_idle`).
+const IDLE_READ: usize = 1024;
 
 /// Where the request body stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -144,7 +146,12 @@ impl ClientSession {
     }
 
     async fn read_more(&mut self) -> Result<usize> {
-        self.buf.reserve(READ_CHUNK);
+        self.read_into(READ_CHUNK).await
+    }
+
+    /// Reads what comes into `buf`, with room for at least `room` bytes; 0 at the end.
+    async fn read_into(&mut self, room: usize) -> Result<usize> {
+        self.buf.reserve(room);
         self.stream
             .read_buf(&mut self.buf)
             .await
@@ -213,7 +220,9 @@ impl ClientSession {
         if !(no_body_expected || self.is_body_done()) {
             return self.read_request_body().await;
         }
-        if self.half_closed || self.read_more().await? == 0 {
+        // Room for a few bytes is enough to see a close: the buffer left after the head
+        // usually has it, so waiting on the client allocates nothing.
+        if self.half_closed || self.read_into(IDLE_READ).await? == 0 {
             self.half_closed = true;
             self.keepalive = None;
             return Error::e_explain(ErrorType::ConnectionClosed, "the client closed");
@@ -258,7 +267,7 @@ impl ClientSession {
 
     /// Writes a response head: an informational one as it is; a final one with Date and
     /// Connection set, choosing how its body is framed (as pingora's session did).
-    pub async fn write_response_header(&mut self, mut resp: Box<ResponseHeader>) -> Result<()> {
+    pub async fn write_response_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
         if let Some(written) = &self.response {
             if !written.status.is_informational() || written.status == 101 {
                 return Ok(()); // one final response per request
@@ -298,16 +307,6 @@ impl ClientSession {
                 self.keepalive = None;
             }
         }
-        // A 101 keeps its own `Connection: upgrade` (pingora adds these to no 1xx either).
-        if status >= 200 {
-            resp.insert_header(header::DATE, get_cached_date())?;
-            let connection = if self.keepalive.is_some() {
-                "keep-alive"
-            } else {
-                "close"
-            };
-            resp.insert_header(header::CONNECTION, HeaderValue::from_static(connection))?;
-        }
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(match resp.version {
             http::Version::HTTP_10 => b"HTTP/1.0 ",
@@ -322,7 +321,11 @@ impl ClientSession {
                 .as_bytes(),
         );
         head.extend_from_slice(b"\r\n");
-        resp.header_to_h1_wire(&mut head);
+        // A 101 keeps its own `Connection: upgrade` (pingora adds these to no 1xx either).
+        let ours = (status >= 200).then_some(OwnHeaders {
+            keepalive: self.keepalive.is_some(),
+        });
+        write_header_lines(&resp, ours, &mut head);
         head.extend_from_slice(b"\r\n");
         self.write(&head).await?;
         // As pingora: a head whose body comes in real time (1xx, no length) goes out now;
@@ -397,6 +400,76 @@ impl ClientSession {
         }
         let rest = (!self.buf.is_empty()).then_some(self.buf);
         Some((self.stream, rest))
+    }
+}
+
+/// The headers a final response head gets from the proxy itself, whatever the header says.
+#[derive(Clone, Copy)]
+struct OwnHeaders {
+    keepalive: bool,
+}
+
+/// Writes the header lines of `resp` as `ResponseHeader::header_to_h1_wire` does (the case
+/// map's names when there is one, else pingora's title case for the names it knows), with
+/// `ours` replacing the header's own Date and Connection: in the first one's place, or after
+/// the others (as inserting them into the header, then serialising it, did).
+fn write_header_lines(resp: &ResponseHeader, ours: Option<OwnHeaders>, out: &mut Vec<u8>) {
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    let date = ours.map(|_| get_cached_date());
+    let date = date.as_ref().map_or(&b""[..], |d| d.as_bytes());
+    let connection: &[u8] = match ours {
+        Some(OwnHeaders { keepalive: true }) => b"keep-alive",
+        _ => b"close",
+    };
+    let (mut date_done, mut connection_done) = (ours.is_none(), ours.is_none());
+    let mut cased = resp.case_header_iter();
+    for (name, value) in resp.headers.iter() {
+        // The case map, when there is one, runs in step with the map (pingora's order).
+        let wire = cased.next().map(|(c, _)| c.as_slice());
+        if ours.is_some() && name == header::DATE {
+            if !date_done {
+                date_done = true;
+                line(b"Date", date);
+            }
+        } else if ours.is_some() && name == header::CONNECTION {
+            if !connection_done {
+                connection_done = true;
+                line(b"Connection", connection);
+            }
+        } else {
+            let name = wire.unwrap_or_else(|| titled_name(name).as_bytes());
+            line(name, value.as_bytes());
+        }
+    }
+    if !date_done {
+        line(b"Date", date);
+    }
+    if !connection_done {
+        line(b"Connection", connection);
+    }
+}
+
+/// pingora's title case for the header names it knows (`case_header_name`), else the name.
+fn titled_name(name: &HeaderName) -> &str {
+    match *name {
+        header::ACCEPT_RANGES => "Accept-Ranges",
+        header::AGE => "Age",
+        header::CACHE_CONTROL => "Cache-Control",
+        header::CONNECTION => "Connection",
+        header::CONTENT_TYPE => "Content-Type",
+        header::CONTENT_ENCODING => "Content-Encoding",
+        header::CONTENT_LENGTH => "Content-Length",
+        header::DATE => "Date",
+        header::TRANSFER_ENCODING => "Transfer-Encoding",
+        header::HOST => "Host",
+        header::SERVER => "Server",
+        header::SET_COOKIE => "Set-Cookie",
+        _ => name.as_str(),
     }
 }
 
@@ -478,4 +551,114 @@ fn client_keepalive(req: &RequestHeader) -> bool {
         }
     }
     keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `write_response_header` wrote before: Date and Connection inserted into the
+    /// header, then the header serialised by pingora.
+    fn through_the_map(resp: &ResponseHeader, keepalive: bool) -> Vec<u8> {
+        let mut resp = resp.clone();
+        resp.insert_header(header::DATE, get_cached_date()).unwrap();
+        let connection = if keepalive { "keep-alive" } else { "close" };
+        resp.insert_header(header::CONNECTION, connection).unwrap();
+        let mut out = Vec::new();
+        resp.header_to_h1_wire(&mut out);
+        out
+    }
+
+    fn written(resp: &ResponseHeader, ours: Option<OwnHeaders>) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_header_lines(resp, ours, &mut out);
+        out
+    }
+
+    /// The Date line's value blanked (the cached date may turn between two reads).
+    fn dateless(wire: &[u8]) -> String {
+        let text = String::from_utf8(wire.to_vec()).unwrap();
+        text.split("\r\n")
+            .map(|l| {
+                if l.starts_with("Date: ") {
+                    "Date: -"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    fn no_case(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build_no_case(200, None).unwrap();
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            resp.append_header(name, *value).unwrap();
+        }
+        resp
+    }
+
+    fn cased(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        for (name, value) in headers {
+            resp.append_header(name.to_string(), *value).unwrap();
+        }
+        resp
+    }
+
+    #[test]
+    fn own_date_and_connection_are_written_as_inserting_them_did() {
+        let sets: &[&[(&str, &str)]] = &[
+            &[],
+            &[("server", "nginx"), ("content-length", "3")],
+            &[
+                ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("X-One", "1"),
+                ("x-two", "2"),
+            ],
+            &[
+                ("x-a", "1"),
+                ("connection", "upgrade"),
+                ("date", "x"),
+                ("x-a", "2"),
+            ],
+            &[
+                ("date", "a"),
+                ("x-b", "b"),
+                ("date", "c"),
+                ("Set-Cookie", "s=1"),
+            ],
+            &[
+                ("Content-Type", "text/plain"),
+                ("cache-control", "no-store"),
+            ],
+        ];
+        for headers in sets {
+            for keepalive in [true, false] {
+                let ours = Some(OwnHeaders { keepalive });
+                for resp in [no_case(headers), cased(headers)] {
+                    assert_eq!(
+                        dateless(&written(&resp, ours)),
+                        dateless(&through_the_map(&resp, keepalive)),
+                        "{headers:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_informational_head_keeps_its_own_headers() {
+        let headers = [
+            ("Connection", "upgrade"),
+            ("Upgrade", "websocket"),
+            ("date", "d"),
+        ];
+        for resp in [no_case(&headers), cased(&headers)] {
+            let mut wire = Vec::new();
+            resp.header_to_h1_wire(&mut wire);
+            assert_eq!(written(&resp, None), wire);
+        }
+    }
 }

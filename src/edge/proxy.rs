@@ -286,8 +286,10 @@ fn new_request_id() -> HeaderValue {
     let id: u128 = rand::random();
     let mut buf = [0u8; 32];
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((id >> (i * 4)) & 0xf) as usize];
+    // Nibble by nibble from the lowest, a byte at a time.
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(id.to_le_bytes()) {
+        pair[0] = HEX[(byte & 0xf) as usize];
+        pair[1] = HEX[(byte >> 4) as usize];
     }
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
@@ -669,33 +671,71 @@ pub(crate) fn compression_error(e: std::io::Error) -> Box<Error> {
 /// entries up to and including it, so the last entry a backend sees is always the client.
 fn forwarded_for(headers: &http::HeaderMap, client: Client) -> Option<HeaderValue> {
     let ip = client.ip?;
-    let mut buf = Vec::new();
-    match client.forwarded_entry {
+    let buf = match client.forwarded_entry {
         None => {
-            // One buffer, handed to the header without a copy: `prev, ip` or `ip`, where
-            // `prev` joins every X-Forwarded-For line the client sent, in order.
+            // One buffer of the exact size, handed to the header without a copy: `prev, ip`
+            // or `ip`, where `prev` joins every X-Forwarded-For line the client sent, in order.
+            let (text, text_len) = ip_text(ip);
             let prev = headers.get_all(&X_FORWARDED_FOR);
             let prev_len: usize = prev.iter().map(|v| v.len() + 2).sum();
-            buf.reserve(prev_len + 45);
+            let mut buf = Vec::with_capacity(prev_len + text_len);
             for p in prev.iter() {
                 buf.extend_from_slice(p.as_bytes());
                 buf.extend_from_slice(b", ");
             }
-            let _ = write!(buf, "{ip}");
+            buf.extend_from_slice(&text[..text_len]);
+            buf
         }
         Some(n) => {
+            let mut buf = Vec::new();
             for (i, entry) in forwarded_entries(headers).take(n as usize).enumerate() {
                 if i > 0 {
                     buf.extend_from_slice(b", ");
                 }
                 buf.extend_from_slice(entry.trim_ascii());
             }
+            buf
         }
-    }
+    };
     Some(
         HeaderValue::from_maybe_shared(Bytes::from(buf))
             .expect("header values and an IP make a valid header value"),
     )
+}
+
+/// An address as text and its length: IPv4 written here (`core::fmt` costs more than the
+/// rest of X-Forwarded-For), IPv6 by its `Display`.
+fn ip_text(ip: std::net::IpAddr) -> ([u8; 45], usize) {
+    let mut text = [0u8; 45];
+    let len = match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        std::net::IpAddr::V6(v6) => {
+            let mut rest = &mut text[..];
+            // At most 45 characters (39 for the longest IPv6 text).
+            let _ = write!(rest, "{v6}");
+            45 - rest.len()
+        }
+    };
+    (text, len)
 }
 
 /// HTTP/2 may split Cookie into several fields; an HTTP/1.1 backend gets one, joined with

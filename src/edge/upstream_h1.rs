@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -29,6 +29,8 @@ const FEW_HEADERS: usize = 48;
 const TOO_MANY: &str = "too many headers for the first try";
 /// Read size for heads and bodies.
 const READ_CHUNK: usize = 16 * 1024;
+/// The first read of a response: most heads, and small bodies with them, fit.
+const HEAD_READ: usize = 4096;
 
 /// How the request body goes to the backend.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -147,8 +149,7 @@ impl UpstreamSession {
     pub async fn read_response(&mut self) -> Result<()> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(len) = self.parse_head()? {
-                    self.buf.advance(len);
+                if self.parse_head()? {
                     return Ok(());
                 }
                 if self.buf.len() > MAX_HEAD {
@@ -158,7 +159,13 @@ impl UpstreamSession {
                     );
                 }
             }
-            if self.read_more().await? == 0 {
+            // A first read sized for a head (and a small body with it); more as needed.
+            let room = if self.buf.capacity() == 0 {
+                HEAD_READ
+            } else {
+                READ_CHUNK
+            };
+            if self.read_into(room).await? == 0 {
                 return Error::e_explain(
                     ErrorType::ConnectionClosed,
                     "the backend closed the connection before a response",
@@ -169,7 +176,12 @@ impl UpstreamSession {
 
     /// Reads into `buf` under the read timeout; 0 at the end of the stream.
     async fn read_more(&mut self) -> Result<usize> {
-        self.buf.reserve(READ_CHUNK);
+        self.read_into(READ_CHUNK).await
+    }
+
+    /// Reads into `buf`, with room for at least `room` bytes, under the read timeout.
+    async fn read_into(&mut self, room: usize) -> Result<usize> {
+        self.buf.reserve(room);
         let read = self.stream.read_buf(&mut self.buf);
         let n = match self.read_timeout {
             Some(t) => match tokio::time::timeout(t, read).await {
@@ -184,23 +196,33 @@ impl UpstreamSession {
     }
 
     /// Parses a complete head at the start of `buf`: sets the response and its body's
-    /// framing, returns the head's length; `None` when the head is not complete yet.
-    fn parse_head(&mut self) -> Result<Option<usize>> {
-        // Most heads fit the small array (zeroed on every response, so kept small).
+    /// framing, and consumes the head from `buf`; `false` when the head is not complete yet.
+    fn parse_head(&mut self) -> Result<bool> {
+        // Most heads fit the small arrays (zeroed on every response, so kept small).
         let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-        let parsed = match parse_head(&self.buf, &mut few, self.head_request) {
+        let mut few_spans = [Span::default(); FEW_HEADERS];
+        let mut many_spans = Vec::new();
+        let (line, spans) = match scan_head(&self.buf, &mut few, &mut few_spans) {
             Err(e) if matches!(e.etype(), ErrorType::Custom(TOO_MANY)) => {
                 let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
-                parse_head(&self.buf, &mut many, self.head_request)?
+                many_spans.resize(MAX_HEADERS, Span::default());
+                match scan_head(&self.buf, &mut many, &mut many_spans)? {
+                    Some((line, n)) => (line, &many_spans[..n]),
+                    None => return Ok(false),
+                }
             }
-            other => other?,
+            other => match other? {
+                Some((line, n)) => (line, &few_spans[..n]),
+                None => return Ok(false),
+            },
         };
-        Ok(parsed.map(|head| {
-            self.response = Some(head.response);
-            self.body = head.body;
-            self.keepalive = head.keepalive;
-            head.len
-        }))
+        // The head's bytes, frozen: its header values are views into them, not copies.
+        let head = self.buf.split_to(line.len).freeze();
+        let parsed = build_head(line, &head, spans, self.head_request)?;
+        self.response = Some(parsed.response);
+        self.body = parsed.body;
+        self.keepalive = parsed.keepalive;
+        Ok(true)
     }
 
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
@@ -299,20 +321,47 @@ pub fn request_head(req: &RequestHeader, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Where a header line's name and value lie in the head (offsets: a head is far shorter
+/// than 4 GiB, and the array of these is zeroed per response, so kept small).
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Span {
+    fn name(self) -> std::ops::Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    fn value(self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+}
+
+/// The status line of a complete head, and the head's length.
+struct StatusLine {
+    len: usize,
+    status: u16,
+    /// A reason phrase other than the status's own.
+    reason: Option<String>,
+    version_11: bool,
+}
+
 /// A parsed response head.
 struct ParsedHead {
-    len: usize,
     response: Box<ResponseHeader>,
     body: ResponseBody,
     keepalive: bool,
 }
 
-/// Parses a complete response head at the start of `buf`; `None` when it is not complete.
-fn parse_head<'b>(
+/// Scans a response head at the start of `buf`: its status line and where each header line
+/// lies (in `spans`, as many as the returned count); `None` when it is not complete.
+fn scan_head<'b>(
     buf: &'b [u8],
     slots: &mut [httparse::Header<'b>],
-    head_request: bool,
-) -> Result<Option<ParsedHead>> {
+    spans: &mut [Span],
+) -> Result<Option<(StatusLine, usize)>> {
     let mut parsed = httparse::Response::new(slots);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -328,25 +377,60 @@ fn parse_head<'b>(
         }
     };
     let status = parsed.code.unwrap_or(0);
-    let mut resp = ResponseHeader::build_no_case(status, Some(parsed.headers.len()))?;
-    if let Some(reason) = parsed.reason {
-        let canonical = resp.status.canonical_reason();
-        if !reason.is_empty() && canonical != Some(reason) {
-            resp.set_reason_phrase(Some(reason))?;
-        }
+    let reason = parsed.reason.filter(|r| {
+        !r.is_empty()
+            && http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                != Some(*r)
+    });
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start as u32, (start + s.len()) as u32)
+    };
+    for (h, span) in parsed.headers.iter().zip(spans.iter_mut()) {
+        *span = Span {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        };
     }
-    let version_11 = parsed.version == Some(1);
-    let mut close = !version_11;
+    let line = StatusLine {
+        len,
+        status,
+        reason: reason.map(str::to_owned),
+        version_11: parsed.version == Some(1),
+    };
+    Ok(Some((line, parsed.headers.len())))
+}
+
+/// The response of a scanned head, and its body's framing.
+fn build_head(
+    line: StatusLine,
+    head: &Bytes,
+    spans: &[Span],
+    head_request: bool,
+) -> Result<ParsedHead> {
+    let status = line.status;
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = http::StatusCode::from_u16(status)
+        .or_err(ErrorType::InvalidHTTPHeader, "invalid status")?;
+    // Room for what the proxy adds (X-Request-Id, Strict-Transport-Security, ...).
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+    let mut close = !line.version_11;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+    for &span in spans {
+        let raw_name = &head[span.name()];
+        let raw_value = &head[span.value()];
+        let name = HeaderName::from_bytes(raw_name)
             .or_err(ErrorType::InvalidHTTPHeader, "invalid header name")?;
-        let value = HeaderValue::from_bytes(h.value)
+        // A view into the head (checked as `HeaderValue::from_bytes` checks), not a copy.
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
             .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
         if name == header::CONTENT_LENGTH {
-            let n = parse_length(h.value).ok_or_else(|| {
+            let n = parse_length(raw_value).ok_or_else(|| {
                 Error::explain(ErrorType::InvalidHTTPHeader, "invalid Content-Length")
             })?;
             if length.is_some_and(|l| l != n) {
@@ -359,18 +443,24 @@ fn parse_head<'b>(
         } else if name == header::TRANSFER_ENCODING {
             coded = true;
             // The last coding decides (RFC 9112 §6.3): chunked, or read until close.
-            chunked = last_token(h.value).eq_ignore_ascii_case(b"chunked");
+            chunked = last_token(raw_value).eq_ignore_ascii_case(b"chunked");
         } else if name == header::CONNECTION {
-            for token in h.value.split(|&c| c == b',') {
+            for token in raw_value.split(|&c| c == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !version_11 {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && !line.version_11 {
                     close = false;
                 }
             }
         }
-        resp.append_header(name, value)?;
+        // Straight into the map: no case map to keep in step (the header has none).
+        headers.append(name, value);
+    }
+    parts.headers = headers;
+    let mut resp = ResponseHeader::from(parts);
+    if let Some(reason) = line.reason.as_deref() {
+        resp.set_reason_phrase(Some(reason))?;
     }
     let informational = (100..200).contains(&status) && status != 101;
     let body = if informational {
@@ -397,12 +487,11 @@ fn parse_head<'b>(
         close = true;
         ResponseBody::UntilClose
     };
-    Ok(Some(ParsedHead {
-        len,
+    Ok(ParsedHead {
         response: Box::new(resp),
         body,
         keepalive: !close && status != 101,
-    }))
+    })
 }
 
 /// The last comma-separated token of a header value, trimmed.
@@ -418,5 +507,59 @@ mod tests {
     fn codings() {
         assert_eq!(last_token(b"gzip, chunked"), b"chunked");
         assert_eq!(last_token(b"chunked, gzip"), b"gzip");
+    }
+
+    /// Scans and builds a head as `UpstreamSession::parse_head` does; the rest of `wire`.
+    fn parse(wire: &[u8]) -> Result<(ParsedHead, Bytes)> {
+        let mut buf = BytesMut::from(wire);
+        let mut slots = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        let mut spans = [Span::default(); FEW_HEADERS];
+        let (line, n) = scan_head(&buf, &mut slots, &mut spans)?.expect("a complete head");
+        let head = buf.split_to(line.len).freeze();
+        Ok((build_head(line, &head, &spans[..n], false)?, buf.freeze()))
+    }
+
+    #[test]
+    fn a_head_becomes_a_header_whose_values_are_as_sent() {
+        let wire = b"HTTP/1.1 200 Fine\r\nServer: x\r\nX-A: 1\r\nx-a:  2 \r\nDate: d\r\n\
+                     Content-Length: 3\r\n\r\nabc";
+        let (parsed, rest) = parse(wire).unwrap();
+        let resp = parsed.response;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert!(!resp.has_case());
+        let a: Vec<_> = resp.headers.get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "2"]);
+        assert_eq!(resp.headers["server"], "x");
+        assert_eq!(resp.headers.len(), 5);
+        assert_eq!(parsed.body, ResponseBody::Length(3));
+        assert!(parsed.keepalive);
+        assert_eq!(rest, &b"abc"[..]);
+    }
+
+    #[test]
+    fn a_value_with_a_control_character_is_refused_and_obs_text_kept() {
+        assert!(parse(b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 0\r\n\r\n").is_err());
+        let (parsed, _) =
+            parse(b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(parsed.response.headers["x-a"].as_bytes(), b"caf\xe9");
+    }
+
+    #[test]
+    fn framing_follows_the_head() {
+        let (p, _) = parse(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\
+                            Transfer-Encoding: gzip, chunked\r\n\r\n",
+        )
+        .unwrap();
+        assert!(matches!(p.body, ResponseBody::Chunked(_)));
+        assert!(p.keepalive);
+        let (p, _) = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(p.body, ResponseBody::UntilClose);
+        assert!(!p.keepalive);
+        assert!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        assert!(parse(b"HTTP/1.1 099 Low\r\n\r\n").is_err());
     }
 }

@@ -1258,3 +1258,20 @@ fn the_rate_limit_survives_a_new_snapshot() {
         Some(429)
     );
 }
+
+#[test]
+fn ip_text_writes_an_address_as_its_display_does() {
+    let mut ips: Vec<std::net::IpAddr> =
+        ["2001:db8::7", "::ffff:192.0.2.1", "::1", "1:2:3:4:5:6:7:8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+    ips.push(std::net::Ipv6Addr::from(u128::MAX).into());
+    for a in [0u8, 1, 9, 10, 99, 100, 199, 255] {
+        ips.push(std::net::Ipv4Addr::new(a, 255 - a, a / 2, 7).into());
+    }
+    for ip in ips {
+        let (text, len) = ip_text(ip);
+        assert_eq!(&text[..len], ip.to_string().as_bytes(), "{ip}");
+    }
+}
