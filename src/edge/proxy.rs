@@ -558,8 +558,13 @@ impl EdgeProxy {
         if upgrade {
             line(out, b"Connection", b"upgrade");
         }
-        if let Some(xff) = forwarded_for(&req.headers, ctx.client) {
-            line(out, b"X-Forwarded-For", xff.as_bytes());
+        // Written in place: no header value is made only to be copied out again.
+        let mark = out.len();
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        if forwarded_value(&req.headers, ctx.client, out) {
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.truncate(mark);
         }
         line(
             out,
@@ -670,37 +675,43 @@ pub(crate) fn compression_error(e: std::io::Error) -> Box<Error> {
 /// or — when the address came from X-Forwarded-For itself, through trusted proxies — the
 /// entries up to and including it, so the last entry a backend sees is always the client.
 fn forwarded_for(headers: &http::HeaderMap, client: Client) -> Option<HeaderValue> {
-    let ip = client.ip?;
-    let buf = match client.forwarded_entry {
-        None => {
-            // One buffer of the exact size, handed to the header without a copy: `prev, ip`
-            // or `ip`, where `prev` joins every X-Forwarded-For line the client sent, in order.
-            let (text, text_len) = ip_text(ip);
-            let prev = headers.get_all(&X_FORWARDED_FOR);
-            let prev_len: usize = prev.iter().map(|v| v.len() + 2).sum();
-            let mut buf = Vec::with_capacity(prev_len + text_len);
-            for p in prev.iter() {
-                buf.extend_from_slice(p.as_bytes());
-                buf.extend_from_slice(b", ");
-            }
-            buf.extend_from_slice(&text[..text_len]);
-            buf
-        }
-        Some(n) => {
-            let mut buf = Vec::new();
-            for (i, entry) in forwarded_entries(headers).take(n as usize).enumerate() {
-                if i > 0 {
-                    buf.extend_from_slice(b", ");
-                }
-                buf.extend_from_slice(entry.trim_ascii());
-            }
-            buf
-        }
-    };
+    let mut buf = Vec::with_capacity(64);
+    if !forwarded_value(headers, client, &mut buf) {
+        return None;
+    }
     Some(
         HeaderValue::from_maybe_shared(Bytes::from(buf))
             .expect("header values and an IP make a valid header value"),
     )
+}
+
+/// Appends X-Forwarded-For's value to `out` (see `forwarded_for`); `false`, appending
+/// nothing, when the client's address is unknown.
+fn forwarded_value(headers: &http::HeaderMap, client: Client, out: &mut Vec<u8>) -> bool {
+    let Some(ip) = client.ip else {
+        return false;
+    };
+    match client.forwarded_entry {
+        None => {
+            // `prev, ip` or `ip`, where `prev` joins every X-Forwarded-For line the client
+            // sent, in order.
+            for p in headers.get_all(&X_FORWARDED_FOR) {
+                out.extend_from_slice(p.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+            let (text, text_len) = ip_text(ip);
+            out.extend_from_slice(&text[..text_len]);
+        }
+        Some(n) => {
+            for (i, entry) in forwarded_entries(headers).take(n as usize).enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(entry.trim_ascii());
+            }
+        }
+    }
+    true
 }
 
 /// An address as text and its length: IPv4 written here (`core::fmt` costs more than the
@@ -883,17 +894,17 @@ fn protected(name: &HeaderName) -> bool {
 }
 
 fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {
-    // One pass over the names first: most messages carry none of these (or only
-    // Connection), and a lookup per name would hash each of them.
-    let hop = |name: &HeaderName| {
-        name == header::CONNECTION
-            || (name == header::UPGRADE && !upgrade)
-            || HOP_BY_HOP.contains(name)
-    };
-    if !h.headers().keys().any(hop) {
-        return Ok(());
+    // One pass over the names first: most messages carry none of these, or only
+    // Connection, and a lookup per name would hash each of them.
+    let (mut connection, mut others) = (false, false);
+    for name in h.headers().keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if (name == header::UPGRADE && !upgrade) || HOP_BY_HOP.contains(name) {
+            others = true;
+        }
     }
-    if h.headers().contains_key(header::CONNECTION) {
+    if connection {
         // Headers named in Connection are hop-by-hop too (rare; allocation only then). Every
         // Connection line counts, not only the first.
         let listed: Vec<HeaderName> = h
@@ -919,13 +930,15 @@ fn strip_hop_by_hop(h: &mut impl EditHeaders, upgrade: bool) -> Result<()> {
             h.remove(&header::CONNECTION);
         }
     }
-    for name in &HOP_BY_HOP {
-        if h.headers().contains_key(name) {
-            h.remove(name);
+    if others {
+        for name in &HOP_BY_HOP {
+            if h.headers().contains_key(name) {
+                h.remove(name);
+            }
         }
-    }
-    if !upgrade && h.headers().contains_key(header::UPGRADE) {
-        h.remove(&header::UPGRADE);
+        if !upgrade && h.headers().contains_key(header::UPGRADE) {
+            h.remove(&header::UPGRADE);
+        }
     }
     Ok(())
 }

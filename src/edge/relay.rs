@@ -252,7 +252,7 @@ impl EdgeProxy {
                 Err(e) => return Err(self.upstream_error(session, ctx, e).await),
             }
         }
-        let mut resp = Box::new(up.resp_header().expect("read above").clone());
+        let mut resp = up.take_resp_header().expect("read above");
         self.client_response(&mut resp, ctx)?;
         // `compress` chose to compress this body: it has no Content-Length any more.
         let mut encoder = ctx.encoder.take();

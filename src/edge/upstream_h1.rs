@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::core::request_head::parse_length;
 use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
@@ -57,7 +57,7 @@ enum ResponseBody {
 }
 
 pub struct UpstreamSession {
-    stream: Stream,
+    stream: TcpStream,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     /// What was read and not yet consumed: the rest of a head, or body bytes.
@@ -65,6 +65,8 @@ pub struct UpstreamSession {
     request_body: RequestBody,
     head_request: bool,
     response: Option<Box<ResponseHeader>>,
+    /// The status of the last response head read (kept when the head is taken).
+    status: u16,
     body: ResponseBody,
     /// The backend may take another request on this connection once the response ends.
     keepalive: bool,
@@ -72,7 +74,7 @@ pub struct UpstreamSession {
 }
 
 impl UpstreamSession {
-    pub fn new(stream: Stream) -> UpstreamSession {
+    pub fn new(stream: TcpStream) -> UpstreamSession {
         UpstreamSession {
             stream,
             read_timeout: None,
@@ -81,6 +83,7 @@ impl UpstreamSession {
             request_body: RequestBody::None,
             head_request: false,
             response: None,
+            status: 0,
             body: ResponseBody::Head,
             keepalive: false,
             upgraded: false,
@@ -159,13 +162,14 @@ impl UpstreamSession {
                     );
                 }
             }
-            // A first read sized for a head (and a small body with it); more as needed.
-            let room = if self.buf.capacity() == 0 {
-                HEAD_READ
+            // The first read lands on the stack and only what came is kept: a buffer of
+            // exactly the response's size costs the allocator a fraction of a 4 KiB one.
+            let read = if self.buf.capacity() == 0 {
+                self.read_first().await?
             } else {
-                READ_CHUNK
+                self.read_into(READ_CHUNK).await?
             };
-            if self.read_into(room).await? == 0 {
+            if read == 0 {
                 return Error::e_explain(
                     ErrorType::ConnectionClosed,
                     "the backend closed the connection before a response",
@@ -177,6 +181,37 @@ impl UpstreamSession {
     /// Reads into `buf` under the read timeout; 0 at the end of the stream.
     async fn read_more(&mut self) -> Result<usize> {
         self.read_into(READ_CHUNK).await
+    }
+
+    /// The first read of a response, under the read timeout: up to `HEAD_READ` bytes on the
+    /// stack, copied into `buf` at their size.
+    async fn read_first(&mut self) -> Result<usize> {
+        let stream = &self.stream;
+        let buf = &mut self.buf;
+        let read = async {
+            loop {
+                stream.readable().await?;
+                let mut first = [0u8; HEAD_READ];
+                match stream.try_read(&mut first) {
+                    Ok(n) => {
+                        buf.extend_from_slice(&first[..n]);
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let n = match self.read_timeout {
+            Some(t) => match tokio::time::timeout(t, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Error::e_explain(ErrorType::ReadTimedout, "reading from the backend")
+                }
+            },
+            None => read.await,
+        };
+        n.or_err(ErrorType::ReadError, "reading from the backend")
     }
 
     /// Reads into `buf`, with room for at least `room` bytes, under the read timeout.
@@ -219,6 +254,7 @@ impl UpstreamSession {
         // The head's bytes, frozen: its header values are views into them, not copies.
         let head = self.buf.split_to(line.len).freeze();
         let parsed = build_head(line, &head, spans, self.head_request)?;
+        self.status = parsed.response.status.as_u16();
         self.response = Some(parsed.response);
         self.body = parsed.body;
         self.keepalive = parsed.keepalive;
@@ -229,9 +265,14 @@ impl UpstreamSession {
         self.response.as_deref()
     }
 
+    /// The response head, for the client's response to be made of (no copy).
+    pub fn take_resp_header(&mut self) -> Option<Box<ResponseHeader>> {
+        self.response.take()
+    }
+
     /// After a 101: the request side sends raw bytes too.
     pub fn maybe_upgrade_body_writer(&mut self) {
-        if self.response.as_ref().is_some_and(|r| r.status == 101) {
+        if self.status == 101 {
             self.upgraded = true;
             self.request_body = RequestBody::Raw;
         }
@@ -301,7 +342,7 @@ impl UpstreamSession {
 
     /// The connection, when the response ended cleanly, the backend did not ask to close,
     /// and nothing unread follows it.
-    pub async fn reuse(self) -> Option<Stream> {
+    pub async fn reuse(self) -> Option<TcpStream> {
         let clean = self.keepalive
             && !self.upgraded
             && self.body == ResponseBody::Done
