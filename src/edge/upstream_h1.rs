@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::core::request_head::parse_length;
@@ -186,22 +186,21 @@ impl UpstreamSession {
     /// The first read of a response, under the read timeout: up to `HEAD_READ` bytes on the
     /// stack, copied into `buf` at their size.
     async fn read_first(&mut self) -> Result<usize> {
-        let stream = &self.stream;
+        let stream = &mut self.stream;
         let buf = &mut self.buf;
-        let read = async {
-            loop {
-                stream.readable().await?;
-                let mut first = [0u8; HEAD_READ];
-                match stream.try_read(&mut first) {
-                    Ok(n) => {
-                        buf.extend_from_slice(&first[..n]);
-                        return Ok(n);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+        // Uninitialised: a zeroed 4 KiB array would cost more than the allocation saved.
+        let read = std::future::poll_fn(|cx| {
+            let mut first = [std::mem::MaybeUninit::<u8>::uninit(); HEAD_READ];
+            let mut room = tokio::io::ReadBuf::uninit(&mut first);
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut room) {
+                std::task::Poll::Ready(Ok(())) => {
+                    buf.extend_from_slice(room.filled());
+                    std::task::Poll::Ready(Ok(room.filled().len()))
                 }
+                std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Pending => std::task::Poll::Pending,
             }
-        };
+        });
         let n = match self.read_timeout {
             Some(t) => match tokio::time::timeout(t, read).await {
                 Ok(r) => r,
