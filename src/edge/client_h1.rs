@@ -5,7 +5,7 @@
 //! Why not pingora's server session: the head was parsed twice (our checks, then its own
 //! parse), every write went through a timer wrapper, and the response head through several
 //! buffers; that was most of the user-space cost left per request (loadtests/README.md,
-//! "Performance"). The interface is the subset `edge::h1` used of pingora's, with the same
+//! "Performance"). The interface is the subset the request path (`edge::relay`) uses of pingora's, with the same
 //! error types, so the request path reads the same.
 
 use std::mem::MaybeUninit;

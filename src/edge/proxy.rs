@@ -29,7 +29,7 @@ use crate::runtime::seams::Http01Answers;
 use crate::runtime::shared::Shared;
 use crate::runtime::snapshot::{RouteEdge, ServiceRuntime};
 
-/// How long an idle upstream connection stays in a pool (pingora's and `crate::edge::upstream`).
+/// How long an idle upstream connection stays in a thread's idle list (`crate::edge::upstream`).
 pub(crate) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -37,7 +37,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the proxy. `Transfer-Encoding` is
-/// left to pingora, which re-frames bodies itself; `Upgrade` and `Connection` are kept on
+/// left to the HTTP/1 sessions, which re-frame bodies themselves; `Upgrade` and `Connection` are kept on
 /// upgrade requests so WebSockets pass.
 /// Parsed once: a lookup by `&str` would parse and classify the name on every request.
 static HOP_BY_HOP: [HeaderName; 6] = [
@@ -205,8 +205,7 @@ pub(crate) enum ErrorStatus {
     Refused(Refusal),
     /// The client went away, or its connection broke: there is no one to answer.
     ClientGone,
-    /// A status the proxy chose where it raised the error (`ErrorType::HTTPStatus`: a body
-    /// limit on the HTTP/2 path, say).
+    /// A status the proxy chose where it raised the error (`ErrorType::HTTPStatus`).
     Status(u16),
     /// Anything else: the proxy's own fault, a 500.
     Internal,
@@ -229,7 +228,7 @@ impl ErrorStatus {
 }
 
 /// How an error ends a request, by its type and the side it came from (pingora's
-/// `ErrorSource`: the HTTP/1 path marks its errors with `into_up`/`into_down` before asking).
+/// `ErrorSource`: the request path marks its errors with `into_up`/`into_down` before asking).
 pub(crate) fn error_status(e: &Error) -> ErrorStatus {
     if let ErrorType::HTTPStatus(code) = e.etype() {
         return ErrorStatus::Status(*code);
@@ -461,12 +460,13 @@ impl EdgeProxy {
         Ok(())
     }
 
-    /// The upstream request head of an HTTP/1 request, written straight from the client's
+    /// The upstream request head of a request, written straight from the client's
     /// header into `out` with the edits `upstream_request` makes (hop-by-hop out,
     /// X-Forwarded-* and X-Request-Id in, `HTTP/1.1`, no `Expect`) — without copying the
     /// header into a second map first. Returns `false`, writing nothing, for what only
     /// `upstream_request` handles: a route with `request_headers`, a `Connection` header
-    /// naming other headers, a request without Host.
+    /// naming other headers, an HTTP/1 request without Host. An HTTP/2 request's Host comes
+    /// from its :authority, and its Cookie fields are joined into one.
     pub(crate) fn upstream_head(
         &self,
         req: &RequestHeader,

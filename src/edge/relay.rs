@@ -53,7 +53,11 @@ impl EdgeProxy {
         }
 
         let body_empty = session.is_body_done();
-        let expect_continue = !body_empty && expects_continue(session.req_header());
+        // pingora's HTTP/2 session sends no 1xx: an HTTP/2 client's body is awaited as any
+        // other, and its Expect goes no further.
+        let expect_continue = !body_empty
+            && session.req_header().version != http::Version::HTTP_2
+            && expects_continue(session.req_header());
         let mut reader = BodyReader::new(body);
         // The first piece of a body is read before anything goes upstream (unless the client
         // waits for a 100 Continue): a body broken from its first chunk, or one that never
@@ -151,7 +155,13 @@ impl EdgeProxy {
             up.write_timeout = Some(read_timeout);
             if head.is_empty() {
                 // Once: a retry sends the same head (and the same X-Request-Id).
-                (head, framing) = self.backend_head(session, ctx)?;
+                (head, framing) = match self.backend_head(session, ctx, body_empty) {
+                    Ok(made) => made,
+                    Err(e) => {
+                        let e = e.into_in();
+                        return Err(self.give_up(session, ctx, ErrorStatus::Internal, e).await);
+                    }
+                };
             }
             let framed_by = framing.as_deref().unwrap_or(session.req_header());
             let sent = match up.write_request_head(&head, framed_by).await {
@@ -197,18 +207,21 @@ impl EdgeProxy {
     /// straight from the client's header when `EdgeProxy::upstream_head` can, else through
     /// a copy of it that `EdgeProxy::upstream_request` edits (request header middlewares,
     /// HTTP/2 requests). With the copy comes back the header whose framing the body follows.
+    /// `body_empty`: the request had no body when it arrived (its first piece may have been
+    /// read since, and with it the whole body).
     fn backend_head<S: Downstream>(
         &self,
         session: &mut S,
         ctx: &mut RequestCtx,
+        body_empty: bool,
     ) -> Result<(Vec<u8>, Option<Box<RequestHeader>>)> {
         let mut head = Vec::with_capacity(512);
         let upgrade = session.is_upgrade_req();
         let req = session.req_header();
         // An HTTP/2 body of unannounced length goes in chunks: framing the copy decides.
-        let unannounced = !req.headers.contains_key(header::CONTENT_LENGTH)
-            && !req.headers.contains_key(header::TRANSFER_ENCODING)
-            && !session.is_body_done();
+        let unannounced = !body_empty
+            && !req.headers.contains_key(header::CONTENT_LENGTH)
+            && !req.headers.contains_key(header::TRANSFER_ENCODING);
         if !unannounced && self.upstream_head(session.req_header(), upgrade, ctx, &mut head) {
             return Ok((head, None));
         }
@@ -218,7 +231,7 @@ impl EdgeProxy {
         // the same for HTTP/1.0 and HTTP/2 clients (pingora-proxy and nginx do this too).
         req.set_version(http::Version::HTTP_11);
         if req.headers.contains_key(header::EXPECT) {
-            // Answered here (see `proxy`); the body follows without waiting upstream.
+            // Answered here (see `relay`); the body follows without waiting upstream.
             req.remove_header(&header::EXPECT);
         }
         if unannounced {
@@ -240,7 +253,7 @@ impl EdgeProxy {
     ) -> Result<()> {
         // Without a request body, `send_header` has read the response header already.
         let mut need_header = up.resp_header().is_none();
-        // 100 Continue and friends are skipped: the client got its own (see `proxy`).
+        // 100 Continue and friends are skipped: the client got its own (see `relay`).
         while need_header
             || up
                 .resp_header()
@@ -253,6 +266,11 @@ impl EdgeProxy {
             }
         }
         let mut resp = up.take_resp_header().expect("read above");
+        if resp.status == 101 && !session.is_upgrade_req() {
+            // Switching protocols on a request that asked for no switch: not an answer.
+            let e = Error::explain(ErrorType::InvalidHTTPHeader, "a 101 to no upgrade request");
+            return Err(self.upstream_error(session, ctx, e).await);
+        }
         self.client_response(&mut resp, ctx)?;
         // `compress` chose to compress this body: it has no Content-Length any more.
         let mut encoder = ctx.encoder.take();
@@ -328,8 +346,7 @@ impl EdgeProxy {
         self.give_up(session, ctx, verdict, e).await
     }
 
-    /// Counts an upstream failure and answers it as `verdict` says (`error_status`, shared
-    /// with the HTTP/2 path).
+    /// Counts an upstream failure and answers it as `verdict` says (`error_status`).
     async fn give_up<S: Downstream>(
         &self,
         session: &mut S,
@@ -354,7 +371,7 @@ impl EdgeProxy {
 }
 
 /// After a 101: bytes both ways until either side closes, or the color's drain timeout
-/// passes (checked at each frame, as on the HTTP/2 path).
+/// passes (checked at each frame).
 async fn tunnel<S: Downstream>(
     session: &mut S,
     up: &mut UpstreamSession,
@@ -524,7 +541,7 @@ impl<'a> BodyReader<'a> {
             }
             self.read += chunk.len() as u64;
             if self.limits.max_bytes > 0 && self.read > self.limits.max_bytes {
-                // Only a chunked body gets here (a length is checked with the head). The
+                // Only a body without a length gets here (a length is checked with the head). The
                 // upstream connection is dropped unfinished: the backend never gets a whole
                 // request.
                 metrics::global().rejected(Rejection::TooLarge);

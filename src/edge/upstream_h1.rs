@@ -5,7 +5,7 @@
 //! Why not pingora's client session: per request it built the response header twice (its own
 //! parse with a case map, then our copy to edit), wrapped every read and write in a timer,
 //! and serialised through several buffers; this is the cost the profile showed
-//! (loadtests/README.md, "Performance"). The interface is the subset `edge::h1` used, with
+//! (loadtests/README.md, "Performance"). The interface is the subset the request path (`edge::relay`) uses, with
 //! the same error types, so the request path reads the same.
 
 use std::time::Duration;

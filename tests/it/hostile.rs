@@ -2485,7 +2485,7 @@ impl H2 {
 
 /// An HTTP/2 request reaches an HTTP/1.1 backend as one: Host from :authority, the
 /// X-Forwarded-* and X-Request-Id headers, split Cookie fields joined into one, and a body
-/// without content-length framed in chunks, whole.
+/// without content-length framed in chunks, whole — also when one DATA frame carries it all.
 #[tokio::test(flavor = "multi_thread")]
 async fn h2_requests_reach_http1_backends_whole() {
     let rec = Recorder::start("app").await;
@@ -2510,8 +2510,24 @@ async fn h2_requests_reach_http1_backends_whole() {
             proxy.logs()
         ),
     }
-    assert!(rec.wait_count(2, IO_TIMEOUT).await, "{:?}", rec.summaries());
+    // The whole body in one DATA frame that ends the stream (read before anything goes
+    // upstream): still framed.
+    h.request(5, "POST", "/h2-one", &[], false).await;
+    h.data(5, b"one frame", true).await;
+    match h.end_of(5, IO_TIMEOUT).await {
+        Some(H2End::Status(200)) => {}
+        other => panic!(
+            "an HTTP/2 POST in one DATA frame: {other:?}\n{}",
+            proxy.logs()
+        ),
+    }
+    assert!(rec.wait_count(3, IO_TIMEOUT).await, "{:?}", rec.summaries());
     let reqs = rec.requests();
+    let one = reqs
+        .iter()
+        .find(|r| r.path() == "/h2-one")
+        .expect("the one-frame POST");
+    assert_eq!(one.body, b"one frame", "{}", one.summary());
     let get = reqs
         .iter()
         .find(|r| r.path() == "/h2-get")

@@ -130,7 +130,7 @@ pub struct Limits {
     /// The whole request head must arrive within this, from its first byte (or from the
     /// accept, for a connection's first request): slowloris.
     pub header_timeout: Duration,
-    /// Longest wait for request body progress (see `edge::h1::BodyReader` for what counts).
+    /// Longest wait for request body progress (see `edge::relay::BodyReader` for what counts).
     pub body_timeout: Duration,
     /// A keep-alive connection idle this long between requests is closed.
     pub idle_timeout: Duration,
