@@ -201,32 +201,14 @@ impl UpstreamSession {
                 std::task::Poll::Pending => std::task::Poll::Pending,
             }
         });
-        let n = match self.read_timeout {
-            Some(t) => match tokio::time::timeout(t, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Error::e_explain(ErrorType::ReadTimedout, "reading from the backend")
-                }
-            },
-            None => read.await,
-        };
-        n.or_err(ErrorType::ReadError, "reading from the backend")
+        within(self.read_timeout, read).await
     }
 
     /// Reads into `buf`, with room for at least `room` bytes, under the read timeout.
     async fn read_into(&mut self, room: usize) -> Result<usize> {
         self.buf.reserve(room);
         let read = self.stream.read_buf(&mut self.buf);
-        let n = match self.read_timeout {
-            Some(t) => match tokio::time::timeout(t, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Error::e_explain(ErrorType::ReadTimedout, "reading from the backend")
-                }
-            },
-            None => read.await,
-        };
-        n.or_err(ErrorType::ReadError, "reading from the backend")
+        within(self.read_timeout, read).await
     }
 
     /// Parses a complete head at the start of `buf`: sets the response and its body's
@@ -349,6 +331,21 @@ impl UpstreamSession {
             && self.buf.is_empty();
         clean.then_some(self.stream)
     }
+}
+
+/// A read from the backend under its read timeout (none: unbounded).
+async fn within(
+    timeout: Option<Duration>,
+    read: impl std::future::Future<Output = std::io::Result<usize>>,
+) -> Result<usize> {
+    let n = match timeout {
+        Some(t) => match tokio::time::timeout(t, read).await {
+            Ok(r) => r,
+            Err(_) => return Error::e_explain(ErrorType::ReadTimedout, "reading from the backend"),
+        },
+        None => read.await,
+    };
+    n.or_err(ErrorType::ReadError, "reading from the backend")
 }
 
 /// A request header as HTTP/1.1 on the wire (the version is always 1.1 upstream).

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::free_ports;
+use super::stable_ports;
 
 /// How long a cluster (or a restarted member) may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -181,7 +181,8 @@ impl EtcdCluster {
             .prefix("etcd-it-")
             .tempdir()
             .expect("tempdir for etcd");
-        let ports = free_ports(2 * n);
+        // Members are stopped and started again on their ports: not ephemeral ones.
+        let ports = stable_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),

@@ -43,6 +43,34 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     ports
 }
 
+/// `n` distinct free ports below the kernel's ephemeral range, for servers a test stops and
+/// starts again on the same port (etcd members): a port from `free_port` is an ephemeral
+/// one, and while its server is down any outgoing connection on the machine may take it as
+/// its local port, so the restart fails with "address already in use".
+pub fn stable_ports(n: usize) -> Vec<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.saturating_sub(1).max(10_001));
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    let mut tries = 0;
+    while ports.len() < n {
+        tries += 1;
+        assert!(tries < 10_000, "no free port in {from}..{to}");
+        // Random (RandomState is seeded per instance), so parallel tests rarely pick alike.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(tries);
+        let p = from + (h.finish() % u64::from(to - from)) as u16;
+        if ports.contains(&p) || TcpListener::bind(("127.0.0.1", p)).is_err() {
+            continue;
+        }
+        ports.push(p);
+    }
+    ports
+}
+
 /// An address on loopback where nothing listens (connections are refused).
 pub fn closed_addr() -> String {
     format!("127.0.0.1:{}", free_port())
