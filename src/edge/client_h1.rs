@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::core::config::MAX_HEADERS_CAP as HEADER_SLOTS;
 use crate::core::request_head::parse_length;
+use crate::edge::body::BodyFraming;
 use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
 
 /// A client that closes inside its body (pingora's name for it).
@@ -31,16 +32,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Room for a read while the client should be sending nothing (see `read_body_or_idle`).
 const IDLE_READ: usize = 1024;
 
-/// Where the request body stands.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum RequestBody {
-    /// Bytes still to come of a Content-Length body.
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// An upgraded connection: bytes until the client closes.
-    UntilClose,
-    Done,
-}
+/// Where the request body stands (`UntilClose`: an upgraded connection).
+type RequestBody = BodyFraming;
 
 /// How the response body goes to the client.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -161,52 +154,16 @@ impl ClientSession {
     /// The next piece of the request body, `None` at its end. The caller bounds it in time.
     pub async fn read_request_body(&mut self) -> Result<Option<Bytes>> {
         loop {
-            match self.body {
-                RequestBody::Done => return Ok(None),
-                RequestBody::Length(left) => {
-                    if left == 0 {
-                        self.body = RequestBody::Done;
-                        return Ok(None);
-                    }
-                    if self.buf.is_empty() && self.read_more().await? == 0 {
+            let step = self.body.next(&mut self.buf);
+            match step.map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))? {
+                Step::Data(piece) => return Ok(Some(piece)),
+                Step::End => return Ok(None),
+                Step::NeedMore => {
+                    if self.read_more().await? == 0 && !self.body.peer_closed() {
                         return Error::e_explain(
                             PREMATURE_BODY_END,
                             "the client closed before the end of its body",
                         );
-                    }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    let left = left - n as u64;
-                    self.body = if left == 0 {
-                        RequestBody::Done
-                    } else {
-                        RequestBody::Length(left)
-                    };
-                    return Ok(Some(self.buf.split_to(n).freeze()));
-                }
-                RequestBody::UntilClose => {
-                    if self.buf.is_empty() && self.read_more().await? == 0 {
-                        self.body = RequestBody::Done;
-                        return Ok(None);
-                    }
-                    return Ok(Some(self.buf.split().freeze()));
-                }
-                RequestBody::Chunked(mut decoder) => {
-                    let step = decoder.step(&mut self.buf);
-                    self.body = RequestBody::Chunked(decoder);
-                    match step.map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))? {
-                        Step::Data(piece) => return Ok(Some(piece)),
-                        Step::End => {
-                            self.body = RequestBody::Done;
-                            return Ok(None);
-                        }
-                        Step::NeedMore => {
-                            if self.read_more().await? == 0 {
-                                return Error::e_explain(
-                                    PREMATURE_BODY_END,
-                                    "the client closed inside its chunked body",
-                                );
-                            }
-                        }
                     }
                 }
             }

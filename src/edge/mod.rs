@@ -10,6 +10,7 @@
 //! `middleware` holds a route's header edits, rate limit and compression; `upstream` keeps
 //! idle backend connections per thread; `replay` gives back bytes read ahead.
 
+pub mod body;
 pub mod chunked;
 pub mod client_addr;
 pub mod client_h1;

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::core::request_head::parse_length;
+use crate::edge::body::BodyFraming;
 use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
 
 /// A backend's response head may be this long (pingora's limit too).
@@ -42,20 +43,6 @@ enum RequestBody {
     Raw,
 }
 
-/// Where the response body stands.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum ResponseBody {
-    /// No response head yet.
-    Head,
-    /// Bytes still to come of a Content-Length body.
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// Ends when the backend closes (no length, not chunked; or after a 101).
-    UntilClose,
-    /// Ended; `reusable` says whether the connection may serve another request.
-    Done,
-}
-
 pub struct UpstreamSession {
     stream: TcpStream,
     pub read_timeout: Option<Duration>,
@@ -67,7 +54,7 @@ pub struct UpstreamSession {
     response: Option<Box<ResponseHeader>>,
     /// The status of the last response head read (kept when the head is taken).
     status: u16,
-    body: ResponseBody,
+    body: Option<BodyFraming>,
     /// The backend may take another request on this connection once the response ends.
     keepalive: bool,
     upgraded: bool,
@@ -84,7 +71,7 @@ impl UpstreamSession {
             head_request: false,
             response: None,
             status: 0,
-            body: ResponseBody::Head,
+            body: None,
             keepalive: false,
             upgraded: false,
         }
@@ -262,59 +249,28 @@ impl UpstreamSession {
     /// The response body has been read to its end (a Content-Length body, from its last
     /// piece on).
     pub fn is_body_done(&self) -> bool {
-        self.body == ResponseBody::Done
+        self.body == Some(BodyFraming::Done)
     }
 
     /// The next piece of the response body (decoded from chunks), `None` at its end. A body
     /// cut short by the backend is an error (`ConnectionClosed`), never a short success.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         loop {
-            match self.body {
-                ResponseBody::Head => {
-                    return Error::e_explain(ErrorType::InternalError, "no response head yet")
-                }
-                ResponseBody::Done => return Ok(None),
-                ResponseBody::Length(left) => {
-                    if self.buf.is_empty() && self.read_more().await? == 0 {
+            let Some(body) = self.body.as_mut() else {
+                return Error::e_explain(ErrorType::InternalError, "no response head yet");
+            };
+            let step = body.next(&mut self.buf);
+            match step.map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))? {
+                Step::Data(piece) => return Ok(Some(piece)),
+                Step::End => return Ok(None),
+                Step::NeedMore => {
+                    if self.read_more().await? == 0
+                        && !self.body.as_mut().is_some_and(BodyFraming::peer_closed)
+                    {
                         return Error::e_explain(
                             ErrorType::ConnectionClosed,
                             "the backend closed before the end of the body",
                         );
-                    }
-                    let n = (self.buf.len() as u64).min(left) as usize;
-                    let piece = self.buf.split_to(n).freeze();
-                    let left = left - n as u64;
-                    self.body = if left == 0 {
-                        ResponseBody::Done
-                    } else {
-                        ResponseBody::Length(left)
-                    };
-                    return Ok(Some(piece));
-                }
-                ResponseBody::UntilClose => {
-                    if self.buf.is_empty() && self.read_more().await? == 0 {
-                        self.body = ResponseBody::Done;
-                        return Ok(None);
-                    }
-                    return Ok(Some(self.buf.split().freeze()));
-                }
-                ResponseBody::Chunked(mut decoder) => {
-                    let step = decoder.step(&mut self.buf);
-                    self.body = ResponseBody::Chunked(decoder);
-                    match step.map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e))? {
-                        Step::Data(piece) => return Ok(Some(piece)),
-                        Step::End => {
-                            self.body = ResponseBody::Done;
-                            return Ok(None);
-                        }
-                        Step::NeedMore => {
-                            if self.read_more().await? == 0 {
-                                return Error::e_explain(
-                                    ErrorType::ConnectionClosed,
-                                    "the backend closed inside a chunked body",
-                                );
-                            }
-                        }
                     }
                 }
             }
@@ -326,7 +282,7 @@ impl UpstreamSession {
     pub async fn reuse(self) -> Option<TcpStream> {
         let clean = self.keepalive
             && !self.upgraded
-            && self.body == ResponseBody::Done
+            && self.body == Some(BodyFraming::Done)
             && self.request_body != RequestBody::Chunked
             && self.buf.is_empty();
         clean.then_some(self.stream)
@@ -388,7 +344,7 @@ struct StatusLine {
 /// A parsed response head.
 struct ParsedHead {
     response: Box<ResponseHeader>,
-    body: ResponseBody,
+    body: Option<BodyFraming>,
     keepalive: bool,
 }
 
@@ -502,27 +458,29 @@ fn build_head(
     let informational = (100..200).contains(&status) && status != 101;
     let body = if informational {
         // Its body is empty; the final head follows.
-        ResponseBody::Head
-    } else if status == 101 {
-        ResponseBody::UntilClose
-    } else if head_request || status == 204 || status == 304 {
-        ResponseBody::Done
-    } else if coded {
-        if chunked {
-            ResponseBody::Chunked(ChunkedDecoder::default())
+        None
+    } else {
+        Some(if status == 101 {
+            BodyFraming::UntilClose
+        } else if head_request || status == 204 || status == 304 {
+            BodyFraming::Done
+        } else if coded {
+            if chunked {
+                BodyFraming::Chunked(ChunkedDecoder::default())
+            } else {
+                close = true;
+                BodyFraming::UntilClose
+            }
+        } else if let Some(n) = length {
+            if n == 0 {
+                BodyFraming::Done
+            } else {
+                BodyFraming::Length(n)
+            }
         } else {
             close = true;
-            ResponseBody::UntilClose
-        }
-    } else if let Some(n) = length {
-        if n == 0 {
-            ResponseBody::Done
-        } else {
-            ResponseBody::Length(n)
-        }
-    } else {
-        close = true;
-        ResponseBody::UntilClose
+            BodyFraming::UntilClose
+        })
     };
     Ok(ParsedHead {
         response: Box::new(resp),
@@ -569,7 +527,7 @@ mod tests {
         assert_eq!(a, ["1", "2"]);
         assert_eq!(resp.headers["server"], "x");
         assert_eq!(resp.headers.len(), 5);
-        assert_eq!(parsed.body, ResponseBody::Length(3));
+        assert_eq!(parsed.body, Some(BodyFraming::Length(3)));
         assert!(parsed.keepalive);
         assert_eq!(rest, &b"abc"[..]);
     }
@@ -589,10 +547,10 @@ mod tests {
                             Transfer-Encoding: gzip, chunked\r\n\r\n",
         )
         .unwrap();
-        assert!(matches!(p.body, ResponseBody::Chunked(_)));
+        assert!(matches!(p.body, Some(BodyFraming::Chunked(_))));
         assert!(p.keepalive);
         let (p, _) = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").unwrap();
-        assert_eq!(p.body, ResponseBody::UntilClose);
+        assert_eq!(p.body, Some(BodyFraming::UntilClose));
         assert!(!p.keepalive);
         assert!(
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
