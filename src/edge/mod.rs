@@ -3,7 +3,8 @@
 //! `h1` serves HTTP/1 connections (limits, strict heads, keep-alive) and hands HTTP/2 to
 //! `h2` (pingora's HTTP/2 server, our per-stream code); `relay` is the request path both
 //! share, over `downstream`'s view of a client session; `client_h1` and `upstream_h1` are the
-//! HTTP/1 sessions toward the client and the backend, `chunked` their chunked decoder,
+//! HTTP/1 sessions toward the client and the backend, `body` how both read a body by its
+//! framing and `chunked` their chunked decoder,
 //! `coalesce` sends a response head and short body in one write; `proxy` holds the
 //! per-request decisions (route, color, headers, metrics);
 //! `client_addr` says who the client is (PROXY protocol, trusted X-Forwarded-For);
