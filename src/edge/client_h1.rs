@@ -24,6 +24,7 @@ use crate::core::config::MAX_HEADERS_CAP as HEADER_SLOTS;
 use crate::core::request_head::parse_length;
 use crate::edge::body::BodyFraming;
 use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
+use crate::edge::upstream_h1::RawResponse;
 
 /// A client that closes inside its body (pingora's name for it).
 const PREMATURE_BODY_END: ErrorType = ErrorType::new("PrematureBodyEnd");
@@ -60,7 +61,8 @@ pub struct ClientSession {
     /// `Some`: the connection may serve another request (the value is pingora's
     /// keep-alive seconds, 0 for "no limit"); `None`: it closes after this response.
     keepalive: Option<u64>,
-    response: Option<Box<ResponseHeader>>,
+    /// The status of the last response head written.
+    status: Option<http::StatusCode>,
     writer: ResponseBody,
     close_on_early_response: bool,
     half_closed: bool,
@@ -90,7 +92,7 @@ impl ClientSession {
             req,
             body,
             keepalive,
-            response: None,
+            status: None,
             writer: ResponseBody::Unset,
             close_on_early_response: true,
             half_closed: false,
@@ -134,8 +136,9 @@ impl ClientSession {
         self.close_on_early_response = close;
     }
 
-    pub fn response_written(&self) -> Option<&ResponseHeader> {
-        self.response.as_deref()
+    /// The status of the last response head written, informational or final.
+    pub fn response_status(&self) -> Option<http::StatusCode> {
+        self.status
     }
 
     async fn read_more(&mut self) -> Result<usize> {
@@ -201,7 +204,7 @@ impl ClientSession {
 
     /// `100 Continue`, unless a response was written already.
     pub async fn write_continue_response(&mut self) -> Result<()> {
-        if self.response.is_some() {
+        if self.status.is_some() {
             return Ok(());
         }
         self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
@@ -225,44 +228,18 @@ impl ClientSession {
     /// Writes a response head: an informational one as it is; a final one with Date and
     /// Connection set, choosing how its body is framed (as pingora's session did).
     pub async fn write_response_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
-        if let Some(written) = &self.response {
-            if !written.status.is_informational() || written.status == 101 {
-                return Ok(()); // one final response per request
-            }
+        if self.final_written() {
+            return Ok(()); // one final response per request
         }
         let status = resp.status.as_u16();
         let informational = (100..200).contains(&status) && status != 101;
         if !informational {
-            if self.close_on_early_response && !self.is_body_done() {
-                self.keepalive = None;
-            }
-            self.writer = if status == 101 {
-                self.keepalive = None;
-                if self.is_upgrade_req() {
-                    // Both ways are now raw bytes until either side closes.
-                    self.body = RequestBody::UntilClose;
-                }
-                ResponseBody::UntilClose
-            } else if status == 204 || status == 304 || self.req.method == http::Method::HEAD {
-                ResponseBody::None
-            } else if resp.headers.contains_key(header::TRANSFER_ENCODING) {
-                ResponseBody::Chunked
-            } else if let Some(n) = resp
+            let length = resp
                 .headers
                 .get(header::CONTENT_LENGTH)
-                .and_then(|v| parse_length(v.as_bytes()))
-            {
-                if n == 0 {
-                    ResponseBody::Done
-                } else {
-                    ResponseBody::Length(n)
-                }
-            } else {
-                ResponseBody::UntilClose
-            };
-            if self.writer == ResponseBody::UntilClose {
-                self.keepalive = None;
-            }
+                .and_then(|v| parse_length(v.as_bytes()));
+            let coded = resp.headers.contains_key(header::TRANSFER_ENCODING);
+            self.frame_response(status, coded, length);
         }
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(match resp.version {
@@ -284,13 +261,96 @@ impl ClientSession {
         });
         write_header_lines(&resp, ours, &mut head);
         head.extend_from_slice(b"\r\n");
-        self.write(&head).await?;
+        self.send_head(&head, resp.status).await
+    }
+
+    /// Writes a final response head (not a 101) straight from the backend's
+    /// (`RawResponse::write_client_lines`), with `extra` lines after its own: what
+    /// `write_response_header` writes for the same response through a header, without
+    /// building one. The request path takes this way when no middleware edits the response.
+    pub async fn write_raw_response_header(
+        &mut self,
+        raw: &RawResponse,
+        extra: &[(&[u8], &[u8])],
+    ) -> Result<()> {
+        if self.final_written() {
+            return Ok(());
+        }
+        self.frame_response(raw.status, raw.coded, raw.length);
+        let mut head = Vec::with_capacity(256);
+        raw.write_status_line(&mut head);
+        let date = get_cached_date();
+        let dated = raw.write_client_lines(date.as_bytes(), &mut head);
+        let mut line = |name: &[u8], value: &[u8]| {
+            head.extend_from_slice(name);
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        };
+        for (name, value) in extra {
+            line(name, value);
+        }
+        if !dated {
+            line(b"Date", date.as_bytes());
+        }
+        let connection: &[u8] = if self.keepalive.is_some() {
+            b"keep-alive"
+        } else {
+            b"close"
+        };
+        line(b"Connection", connection);
+        head.extend_from_slice(b"\r\n");
+        let status = http::StatusCode::from_u16(raw.status)
+            .or_err(ErrorType::InternalError, "a response status")?;
+        self.send_head(&head, status).await
+    }
+
+    /// A final response was written (a 1xx other than 101 is not one).
+    fn final_written(&self) -> bool {
+        self.status
+            .is_some_and(|s| !s.is_informational() || s == http::StatusCode::SWITCHING_PROTOCOLS)
+    }
+
+    /// How a final response's body goes to the client, and whether the connection survives
+    /// it. `coded`: it has Transfer-Encoding; `length`: its Content-Length.
+    fn frame_response(&mut self, status: u16, coded: bool, length: Option<u64>) {
+        if self.close_on_early_response && !self.is_body_done() {
+            self.keepalive = None;
+        }
+        self.writer = if status == 101 {
+            self.keepalive = None;
+            if self.is_upgrade_req() {
+                // Both ways are now raw bytes until either side closes.
+                self.body = RequestBody::UntilClose;
+            }
+            ResponseBody::UntilClose
+        } else if status == 204 || status == 304 || self.req.method == http::Method::HEAD {
+            ResponseBody::None
+        } else if coded {
+            ResponseBody::Chunked
+        } else if let Some(n) = length {
+            if n == 0 {
+                ResponseBody::Done
+            } else {
+                ResponseBody::Length(n)
+            }
+        } else {
+            ResponseBody::UntilClose
+        };
+        if self.writer == ResponseBody::UntilClose {
+            self.keepalive = None;
+        }
+    }
+
+    /// Sends a response head whose status is `status`.
+    async fn send_head(&mut self, head: &[u8], status: http::StatusCode) -> Result<()> {
+        self.write(head).await?;
         // As pingora: a head whose body comes in real time (1xx, no length) goes out now;
         // otherwise it waits for the body, to leave in the same send (`edge::coalesce`).
         if !matches!(self.writer, ResponseBody::Length(_)) {
             self.flush().await?;
         }
-        self.response = Some(resp);
+        self.status = Some(status);
         Ok(())
     }
 

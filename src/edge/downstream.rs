@@ -8,10 +8,11 @@
 use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::socket::SocketAddr;
-use pingora_core::Result;
+use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::edge::client_h1::ClientSession;
+use crate::edge::upstream_h1::RawResponse;
 
 /// What the request path needs of a client session. The names and meanings are pingora's
 /// `ServerSession`'s, which `ClientSession` follows.
@@ -26,12 +27,23 @@ pub(crate) trait Downstream: Send {
     /// `None`: the connection closes after this response (HTTP/1 only).
     fn set_keepalive(&mut self, seconds: Option<u64>);
     fn set_close_on_response_before_downstream_finish(&mut self, close: bool);
-    fn response_written(&self) -> Option<&ResponseHeader>;
+    /// The status of the last response head written, informational or final.
+    fn response_status(&self) -> Option<http::StatusCode>;
+    /// Takes `write_raw_response_header` (HTTP/1): a backend's head written on without a
+    /// header map.
+    const WRITES_RAW_HEADS: bool;
     /// The next piece of the request body, `None` at its end. The caller bounds it in time.
     async fn read_request_body(&mut self) -> Result<Option<Bytes>>;
     /// Once the body is read: returns only when the client goes away (an error).
     async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>>;
     async fn write_response_header(&mut self, resp: Box<ResponseHeader>) -> Result<()>;
+    /// A final response head straight from the backend's, with `extra` lines (only when
+    /// `WRITES_RAW_HEADS`).
+    async fn write_raw_response_header(
+        &mut self,
+        raw: &RawResponse,
+        extra: &[(&[u8], &[u8])],
+    ) -> Result<()>;
     /// `end`: this is the body's last piece (HTTP/2 then ends the stream with it).
     async fn write_response_body(&mut self, data: Bytes, end: bool) -> Result<()>;
     async fn finish_body(&mut self) -> Result<()>;
@@ -59,9 +71,10 @@ impl Downstream for ClientSession {
     fn set_close_on_response_before_downstream_finish(&mut self, close: bool) {
         ClientSession::set_close_on_response_before_downstream_finish(self, close)
     }
-    fn response_written(&self) -> Option<&ResponseHeader> {
-        ClientSession::response_written(self)
+    fn response_status(&self) -> Option<http::StatusCode> {
+        ClientSession::response_status(self)
     }
+    const WRITES_RAW_HEADS: bool = true;
     async fn read_request_body(&mut self) -> Result<Option<Bytes>> {
         ClientSession::read_request_body(self).await
     }
@@ -70,6 +83,13 @@ impl Downstream for ClientSession {
     }
     async fn write_response_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
         ClientSession::write_response_header(self, resp).await
+    }
+    async fn write_raw_response_header(
+        &mut self,
+        raw: &RawResponse,
+        extra: &[(&[u8], &[u8])],
+    ) -> Result<()> {
+        ClientSession::write_raw_response_header(self, raw, extra).await
     }
     async fn write_response_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         ClientSession::write_response_body(self, data, end).await
@@ -105,9 +125,10 @@ impl Downstream for ServerSession {
     fn set_close_on_response_before_downstream_finish(&mut self, close: bool) {
         ServerSession::set_close_on_response_before_downstream_finish(self, close)
     }
-    fn response_written(&self) -> Option<&ResponseHeader> {
-        ServerSession::response_written(self)
+    fn response_status(&self) -> Option<http::StatusCode> {
+        ServerSession::response_written(self).map(|r| r.status)
     }
+    const WRITES_RAW_HEADS: bool = false;
     async fn read_request_body(&mut self) -> Result<Option<Bytes>> {
         ServerSession::read_request_body(self).await
     }
@@ -116,6 +137,16 @@ impl Downstream for ServerSession {
     }
     async fn write_response_header(&mut self, resp: Box<ResponseHeader>) -> Result<()> {
         ServerSession::write_response_header(self, resp).await
+    }
+    async fn write_raw_response_header(
+        &mut self,
+        _: &RawResponse,
+        _: &[(&[u8], &[u8])],
+    ) -> Result<()> {
+        Error::e_explain(
+            ErrorType::InternalError,
+            "HTTP/2 responses are written from a header",
+        )
     }
     async fn write_response_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         ServerSession::write_response_body(self, data, end).await

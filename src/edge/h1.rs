@@ -280,7 +280,7 @@ impl EdgeApp {
         let mut ctx = RequestCtx::new();
         let body = BodyLimits::new(limits);
         let result = self.edge.relay(&mut session, &mut ctx, &body).await;
-        let status = status_sent(session.response_written());
+        let status = status_sent(session.response_status());
         self.edge.record(
             session.req_header(),
             status,

@@ -76,7 +76,7 @@ impl H2App {
         let mut ctx = RequestCtx::new();
         let body = BodyLimits::new(&limits);
         let result = self.edge.relay(&mut session, &mut ctx, &body).await;
-        let status = status_sent(Downstream::response_written(&session));
+        let status = status_sent(Downstream::response_status(&session));
         self.edge.record(
             session.req_header(),
             status,

@@ -61,7 +61,7 @@ pub struct EdgeProxy {
 }
 
 const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
-static HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
+pub(crate) static HSTS: HeaderValue = HeaderValue::from_static("max-age=31536000");
 
 /// Counts a request as in flight on its pool until dropped with the request's context.
 pub(crate) struct InflightGuard(Arc<PoolLoad>);
@@ -89,8 +89,10 @@ pub struct RequestCtx {
     retried: bool,
     /// The backend the current attempt goes to.
     backend: Option<SocketAddr>,
-    request_id: Option<HeaderValue>,
-    hsts: bool,
+    /// The X-Request-Id sent upstream, for the response (`client_response`).
+    pub(crate) request_id: Option<HeaderValue>,
+    /// The response gets Strict-Transport-Security (`[tls] hsts`, over TLS).
+    pub(crate) hsts: bool,
     upstream_error: Option<UpstreamErrorKind>,
     /// Who sent the request (`edge::client_addr`), set by `admit`.
     pub(crate) client: Client,
@@ -248,9 +250,9 @@ pub(crate) fn error_status(e: &Error) -> ErrorStatus {
 
 /// The status the client got, for metrics and the access log, from the response written to
 /// it: 499 when no final response was (the client went away first, as nginx logs it).
-pub(crate) fn status_sent(written: Option<&ResponseHeader>) -> u16 {
+pub(crate) fn status_sent(written: Option<http::StatusCode>) -> u16 {
     match written {
-        Some(r) if !r.status.is_informational() || r.status == 101 => r.status.as_u16(),
+        Some(s) if !s.is_informational() || s == 101 => s.as_u16(),
         _ => 499,
     }
 }

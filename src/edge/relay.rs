@@ -22,10 +22,10 @@ use crate::core::request_head::Rejection;
 use crate::edge::downstream::Downstream;
 use crate::edge::proxy::{
     check_drain, compression_error, error_kind, error_status, local_header, EdgeProxy, ErrorStatus,
-    RequestCtx,
+    RequestCtx, HSTS,
 };
 use crate::edge::upstream;
-use crate::edge::upstream_h1::UpstreamSession;
+use crate::edge::upstream_h1::{RawResponse, UpstreamSession};
 use crate::runtime::metrics;
 
 /// A request body must bring at least this much per `body_timeout_s` (or end): the timer is
@@ -252,12 +252,12 @@ impl EdgeProxy {
         backend: std::net::SocketAddr,
     ) -> Result<()> {
         // Without a request body, `send_header` has read the response header already.
-        let mut need_header = up.resp_header().is_none();
+        let mut need_header = up.head_status().is_none();
         // 100 Continue and friends are skipped: the client got its own (see `relay`).
         while need_header
             || up
-                .resp_header()
-                .is_some_and(|h| h.status.is_informational() && h.status != 101)
+                .head_status()
+                .is_some_and(|s| (100..200).contains(&s) && s != 101)
         {
             match read_response_watching(session, &mut up).await {
                 Ok(()) => need_header = false,
@@ -265,31 +265,24 @@ impl EdgeProxy {
                 Err(e) => return Err(self.upstream_error(session, ctx, e).await),
             }
         }
-        let mut resp = up.take_resp_header().expect("read above");
-        if resp.status == 101 && !session.is_upgrade_req() {
+        let raw = up.take_head().expect("read above");
+        if raw.status == 101 && !session.is_upgrade_req() {
             // Switching protocols on a request that asked for no switch: not an answer.
             let e = Error::explain(ErrorType::InvalidHTTPHeader, "a 101 to no upgrade request");
             return Err(self.upstream_error(session, ctx, e).await);
         }
-        self.client_response(&mut resp, ctx)?;
+        if S::WRITES_RAW_HEADS && writes_through(session, ctx, &raw) {
+            self.write_raw_head(session, ctx, &raw).await?;
+        } else {
+            let resp = match raw.to_header() {
+                Ok(resp) => resp,
+                Err(e) => return Err(self.upstream_error(session, ctx, e).await),
+            };
+            drop(raw);
+            self.write_edited_head(session, ctx, resp).await?;
+        }
         // `compress` chose to compress this body: it has no Content-Length any more.
         let mut encoder = ctx.encoder.take();
-        if needs_chunking(session, &resp) {
-            // The backend ends this body by closing (or it is compressed); re-framed as
-            // chunks, the client's connection survives it (pingora-proxy did the same).
-            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-        } else if session.req_header().version == http::Version::HTTP_10
-            && (resp.headers.contains_key(header::TRANSFER_ENCODING)
-                || (encoder.is_some() && !resp.headers.contains_key(header::CONTENT_LENGTH)))
-        {
-            // An HTTP/1.0 client cannot read chunks: the body ends when the connection does.
-            resp.remove_header(&header::TRANSFER_ENCODING);
-            session.set_keepalive(None);
-        }
-        session
-            .write_response_header(resp)
-            .await
-            .map_err(|e| e.into_down())?;
 
         if ctx.is_upgraded() {
             return tunnel(session, &mut up, ctx).await;
@@ -334,6 +327,61 @@ impl EdgeProxy {
         Ok(())
     }
 
+    /// The client's head made of the backend's through a header: `client_response`'s
+    /// edits and the route's middlewares, re-framed as the client can take it.
+    async fn write_edited_head<S: Downstream>(
+        &self,
+        session: &mut S,
+        ctx: &mut RequestCtx,
+        mut resp: Box<ResponseHeader>,
+    ) -> Result<()> {
+        self.client_response(&mut resp, ctx)?;
+        let length = resp.headers.contains_key(header::CONTENT_LENGTH);
+        let coded = resp.headers.contains_key(header::TRANSFER_ENCODING);
+        if needs_chunking(session, resp.status.as_u16(), length, coded) {
+            // The backend ends this body by closing (or it is compressed); re-framed as
+            // chunks, the client's connection survives it (pingora-proxy did the same).
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+        } else if session.req_header().version == http::Version::HTTP_10
+            && (coded || (ctx.encoder.is_some() && !length))
+        {
+            // An HTTP/1.0 client cannot read chunks: the body ends when the connection does.
+            resp.remove_header(&header::TRANSFER_ENCODING);
+            session.set_keepalive(None);
+        }
+        session
+            .write_response_header(resp)
+            .await
+            .map_err(|e| e.into_down())
+    }
+
+    /// The client's head written straight from the backend's (`writes_through` said it can
+    /// be): the edits of `client_response` that apply without middlewares — hop-by-hop
+    /// headers out (`RawResponse::write_client_lines`), Strict-Transport-Security and
+    /// X-Request-Id in when the backend has none.
+    async fn write_raw_head<S: Downstream>(
+        &self,
+        session: &mut S,
+        ctx: &mut RequestCtx,
+        raw: &RawResponse,
+    ) -> Result<()> {
+        let id = ctx.request_id.take();
+        let mut extra: [(&[u8], &[u8]); 2] = [(b"", b""); 2];
+        let mut n = 0;
+        if ctx.hsts && !raw.has_hsts {
+            extra[n] = (b"strict-transport-security", HSTS.as_bytes());
+            n += 1;
+        }
+        if let (Some(id), false) = (&id, raw.has_request_id) {
+            extra[n] = (b"x-request-id", id.as_bytes());
+            n += 1;
+        }
+        session
+            .write_raw_response_header(raw, &extra[..n])
+            .await
+            .map_err(|e| e.into_down())
+    }
+
     /// An upstream failure before the response started: counted, answered 502 or 504.
     async fn upstream_error<S: Downstream>(
         &self,
@@ -360,8 +408,8 @@ impl EdgeProxy {
         // Nothing final sent yet (a 100 Continue may have been): the client gets the error.
         if let Some(status) = verdict.status() {
             if session
-                .response_written()
-                .is_none_or(|r| r.status.is_informational())
+                .response_status()
+                .is_none_or(|s| s.is_informational())
             {
                 let _ = session.respond_error(status).await;
             }
@@ -442,7 +490,7 @@ async fn bad_request_body<S: Downstream>(session: &mut S, e: Box<Error>) -> Box<
     if let ErrorStatus::Refused(refusal) = error_status(&e) {
         metrics::global().rejected(refusal.reason);
         session.set_keepalive(None);
-        if session.response_written().is_none() {
+        if session.response_status().is_none() {
             let _ = session.respond_error(refusal.status).await;
         }
     }
@@ -451,16 +499,30 @@ async fn bad_request_body<S: Downstream>(session: &mut S, e: Box<Error>) -> Box<
 
 /// A response whose body the backend ends by closing (no Content-Length, not chunked), to
 /// an HTTP/1.1 client that can take chunks instead.
-fn needs_chunking<S: Downstream>(session: &S, resp: &ResponseHeader) -> bool {
-    let status = resp.status.as_u16();
+fn needs_chunking<S: Downstream>(session: &S, status: u16, length: bool, coded: bool) -> bool {
     let req = session.req_header();
     req.version == http::Version::HTTP_11
         && req.method != http::Method::HEAD
         && !(100..200).contains(&status)
         && status != 204
         && status != 304
-        && !resp.headers.contains_key(header::CONTENT_LENGTH)
-        && !resp.headers.contains_key(header::TRANSFER_ENCODING)
+        && !length
+        && !coded
+}
+
+/// A response whose head the client can get straight from the backend's
+/// (`EdgeProxy::write_raw_head`): no middleware edits or compresses it, it is not a 101, its
+/// Connection header names no other headers, and its framing suits the client as it is.
+fn writes_through<S: Downstream>(session: &S, ctx: &RequestCtx, raw: &RawResponse) -> bool {
+    let plain = ctx.edge.as_ref().is_none_or(|e| {
+        let mw = &e.middlewares;
+        !mw.security_headers && mw.response_headers.is_empty() && mw.compress.is_none()
+    });
+    plain
+        && raw.status != 101
+        && !raw.connection_names_others
+        && !needs_chunking(session, raw.status, raw.length.is_some(), raw.coded)
+        && !(raw.coded && session.req_header().version == http::Version::HTTP_10)
 }
 
 fn is_client_gone(e: &Error) -> bool {
@@ -546,7 +608,7 @@ impl<'a> BodyReader<'a> {
                 // request.
                 metrics::global().rejected(Rejection::TooLarge);
                 session.set_keepalive(None);
-                if session.response_written().is_none() {
+                if session.response_status().is_none() {
                     let _ = session.respond_error(413).await;
                 }
                 return Err(

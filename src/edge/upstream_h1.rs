@@ -51,7 +51,8 @@ pub struct UpstreamSession {
     buf: BytesMut,
     request_body: RequestBody,
     head_request: bool,
-    response: Option<Box<ResponseHeader>>,
+    /// The last response head read, until the request path takes it.
+    response: Option<RawResponse>,
     /// The status of the last response head read (kept when the head is taken).
     status: u16,
     body: Option<BodyFraming>,
@@ -219,22 +220,24 @@ impl UpstreamSession {
                 None => return Ok(false),
             },
         };
-        // The head's bytes, frozen: its header values are views into them, not copies.
+        // The head's bytes, frozen: what is written on, or made into a header, comes from
+        // them without a copy.
         let head = self.buf.split_to(line.len).freeze();
-        let parsed = build_head(line, &head, spans, self.head_request)?;
-        self.status = parsed.response.status.as_u16();
-        self.response = Some(parsed.response);
-        self.body = parsed.body;
-        self.keepalive = parsed.keepalive;
+        let (response, body, keepalive) = inspect(line, head, spans, self.head_request)?;
+        self.status = response.status;
+        self.response = Some(response);
+        self.body = body;
+        self.keepalive = keepalive;
         Ok(true)
     }
 
-    pub fn resp_header(&self) -> Option<&ResponseHeader> {
-        self.response.as_deref()
+    /// The status of the response head read last and not yet taken.
+    pub fn head_status(&self) -> Option<u16> {
+        self.response.as_ref().map(|r| r.status)
     }
 
     /// The response head, for the client's response to be made of (no copy).
-    pub fn take_resp_header(&mut self) -> Option<Box<ResponseHeader>> {
+    pub fn take_head(&mut self) -> Option<RawResponse> {
         self.response.take()
     }
 
@@ -320,6 +323,45 @@ pub fn request_head(req: &RequestHeader, out: &mut Vec<u8>) {
 struct Span {
     name: (u32, u32),
     value: (u32, u32),
+    kind: Kind,
+}
+
+/// The header names the proxy acts on in a response, told apart once, at the scan.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+enum Kind {
+    #[default]
+    Other,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Date,
+    StrictTransportSecurity,
+    RequestId,
+    /// Keep-Alive, Proxy-Connection, Proxy-Authenticate, Proxy-Authorization, TE, Trailer,
+    /// Upgrade: never passed on to the client (but after a 101, which keeps its Upgrade).
+    HopByHop,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        // The length first: most names are none of these, and are told so by it.
+        match name.len() {
+            2 if is(b"te") => Kind::HopByHop,
+            4 if is(b"date") => Kind::Date,
+            7 if is(b"trailer") || is(b"upgrade") => Kind::HopByHop,
+            10 if is(b"connection") => Kind::Connection,
+            10 if is(b"keep-alive") => Kind::HopByHop,
+            12 if is(b"x-request-id") => Kind::RequestId,
+            14 if is(b"content-length") => Kind::ContentLength,
+            16 if is(b"proxy-connection") => Kind::HopByHop,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Kind::HopByHop,
+            19 if is(b"proxy-authorization") => Kind::HopByHop,
+            25 if is(b"strict-transport-security") => Kind::StrictTransportSecurity,
+            _ => Kind::Other,
+        }
+    }
 }
 
 impl Span {
@@ -336,16 +378,97 @@ impl Span {
 struct StatusLine {
     len: usize,
     status: u16,
-    /// A reason phrase other than the status's own.
-    reason: Option<String>,
+    /// Where a reason phrase other than the status's own lies in the head.
+    reason: Option<(u32, u32)>,
     version_11: bool,
 }
 
-/// A parsed response head.
-struct ParsedHead {
-    response: Box<ResponseHeader>,
-    body: Option<BodyFraming>,
-    keepalive: bool,
+/// A backend's response head as it came: its bytes, where each header line lies, and what
+/// the proxy needs to know of it. The client's head is written from it directly
+/// (`write_client_lines`), or, when middlewares edit it, from the header it is made into
+/// (`to_header`): a header map costs more than all the rest of a response head.
+pub struct RawResponse {
+    head: Bytes,
+    spans: Vec<Span>,
+    reason: Option<(u32, u32)>,
+    pub status: u16,
+    /// The response has Content-Length (`Some`, the value) or Transfer-Encoding (`coded`).
+    pub length: Option<u64>,
+    pub coded: bool,
+    pub has_hsts: bool,
+    pub has_request_id: bool,
+    /// A Connection header names other headers, which are then hop-by-hop too: only the
+    /// header's path (`EdgeProxy::client_response`) takes them out.
+    pub connection_names_others: bool,
+}
+
+impl RawResponse {
+    /// The response as a header to edit (no case map; values are views into the head).
+    pub fn to_header(&self) -> Result<Box<ResponseHeader>> {
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = http::StatusCode::from_u16(self.status)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid status")?;
+        // Room for what the proxy adds (X-Request-Id, Strict-Transport-Security, ...).
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + 4);
+        for &span in &self.spans {
+            let name = HeaderName::from_bytes(&self.head[span.name()])
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid header name")?;
+            // A view into the head (checked as `HeaderValue::from_bytes` checks), not a copy.
+            let value = HeaderValue::from_maybe_shared(self.head.slice(span.value()))
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
+            // Straight into the map: no case map to keep in step (the header has none).
+            headers.append(name, value);
+        }
+        parts.headers = headers;
+        let mut resp = ResponseHeader::from(parts);
+        if let Some((start, end)) = self.reason {
+            let reason = std::str::from_utf8(&self.head[start as usize..end as usize])
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid reason phrase")?;
+            resp.set_reason_phrase(Some(reason))?;
+        }
+        Ok(Box::new(resp))
+    }
+
+    /// The status line for a client (always HTTP/1.1, as the header's path writes it): the
+    /// backend's own reason phrase, else the status's.
+    pub fn write_status_line(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        let code = http::StatusCode::from_u16(self.status).ok();
+        out.extend_from_slice(code.as_ref().map_or("", |c| c.as_str()).as_bytes());
+        out.push(b' ');
+        match self.reason {
+            Some((start, end)) => out.extend_from_slice(&self.head[start as usize..end as usize]),
+            None => out.extend_from_slice(
+                code.and_then(|c| c.canonical_reason())
+                    .unwrap_or("")
+                    .as_bytes(),
+            ),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The header lines a client gets of a final response (not a 101), as they came —
+    /// names in the backend's case, in its order — less Connection and the hop-by-hop
+    /// headers, with `date` in the first Date's place. Returns whether a Date was written.
+    pub fn write_client_lines(&self, date: &[u8], out: &mut Vec<u8>) -> bool {
+        let mut dated = false;
+        for span in &self.spans {
+            let (name, value) = match span.kind {
+                Kind::Connection | Kind::HopByHop => continue,
+                Kind::Date if dated => continue,
+                Kind::Date => {
+                    dated = true;
+                    (&b"Date"[..], date)
+                }
+                _ => (&self.head[span.name()], &self.head[span.value()]),
+            };
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        dated
+    }
 }
 
 /// Scans a response head at the start of `buf`: its status line and where each header line
@@ -370,94 +493,89 @@ fn scan_head<'b>(
         }
     };
     let status = parsed.code.unwrap_or(0);
-    let reason = parsed.reason.filter(|r| {
-        !r.is_empty()
-            && http::StatusCode::from_u16(status)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                != Some(*r)
-    });
+    let code = http::StatusCode::from_u16(status)
+        .or_err(ErrorType::InvalidHTTPHeader, "invalid status")?;
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| {
         let start = s.as_ptr() as usize - base;
         (start as u32, (start + s.len()) as u32)
     };
+    let reason = parsed
+        .reason
+        .filter(|r| !r.is_empty() && code.canonical_reason() != Some(*r))
+        .map(|r| at(r.as_bytes()));
     for (h, span) in parsed.headers.iter().zip(spans.iter_mut()) {
         *span = Span {
             name: at(h.name.as_bytes()),
             value: at(h.value),
+            kind: Kind::of(h.name.as_bytes()),
         };
     }
     let line = StatusLine {
         len,
         status,
-        reason: reason.map(str::to_owned),
+        reason,
         version_11: parsed.version == Some(1),
     };
     Ok(Some((line, parsed.headers.len())))
 }
 
-/// The response of a scanned head, and its body's framing.
-fn build_head(
+/// What a scanned head says: the response, its body's framing (`None` for a 1xx other than
+/// 101: its body is empty and the final head follows), and whether the connection may serve
+/// another request.
+fn inspect(
     line: StatusLine,
-    head: &Bytes,
+    head: Bytes,
     spans: &[Span],
     head_request: bool,
-) -> Result<ParsedHead> {
+) -> Result<(RawResponse, Option<BodyFraming>, bool)> {
     let status = line.status;
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = http::StatusCode::from_u16(status)
-        .or_err(ErrorType::InvalidHTTPHeader, "invalid status")?;
-    // Room for what the proxy adds (X-Request-Id, Strict-Transport-Security, ...).
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     let mut close = !line.version_11;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut coded = false;
-    for &span in spans {
-        let raw_name = &head[span.name()];
-        let raw_value = &head[span.value()];
-        let name = HeaderName::from_bytes(raw_name)
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid header name")?;
-        // A view into the head (checked as `HeaderValue::from_bytes` checks), not a copy.
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value()))
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")?;
-        if name == header::CONTENT_LENGTH {
-            let n = parse_length(raw_value).ok_or_else(|| {
-                Error::explain(ErrorType::InvalidHTTPHeader, "invalid Content-Length")
-            })?;
-            if length.is_some_and(|l| l != n) {
-                return Error::e_explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "conflicting Content-Length values",
-                );
+    let (mut has_hsts, mut has_request_id, mut names_others) = (false, false, false);
+    for span in spans {
+        let value = &head[span.value()];
+        match span.kind {
+            Kind::ContentLength => {
+                let n = parse_length(value).ok_or_else(|| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "invalid Content-Length")
+                })?;
+                if length.is_some_and(|l| l != n) {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "conflicting Content-Length values",
+                    );
+                }
+                length = Some(n);
             }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            coded = true;
-            // The last coding decides (RFC 9112 §6.3): chunked, or read until close.
-            chunked = last_token(raw_value).eq_ignore_ascii_case(b"chunked");
-        } else if name == header::CONNECTION {
-            for token in raw_value.split(|&c| c == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && !line.version_11 {
-                    close = false;
+            Kind::TransferEncoding => {
+                coded = true;
+                // The last coding decides (RFC 9112 §6.3): chunked, or read until close.
+                chunked = last_token(value).eq_ignore_ascii_case(b"chunked");
+            }
+            Kind::Connection => {
+                for token in value.split(|&c| c == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        if !line.version_11 {
+                            close = false;
+                        }
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
+                        names_others = true;
+                    }
                 }
             }
+            Kind::StrictTransportSecurity => has_hsts = true,
+            Kind::RequestId => has_request_id = true,
+            Kind::Date | Kind::HopByHop | Kind::Other => {}
         }
-        // Straight into the map: no case map to keep in step (the header has none).
-        headers.append(name, value);
-    }
-    parts.headers = headers;
-    let mut resp = ResponseHeader::from(parts);
-    if let Some(reason) = line.reason.as_deref() {
-        resp.set_reason_phrase(Some(reason))?;
     }
     let informational = (100..200).contains(&status) && status != 101;
     let body = if informational {
-        // Its body is empty; the final head follows.
         None
     } else {
         Some(if status == 101 {
@@ -482,11 +600,18 @@ fn build_head(
             BodyFraming::UntilClose
         })
     };
-    Ok(ParsedHead {
-        response: Box::new(resp),
-        body,
-        keepalive: !close && status != 101,
-    })
+    let response = RawResponse {
+        head,
+        spans: spans.to_vec(),
+        reason: line.reason,
+        status,
+        length,
+        coded,
+        has_hsts,
+        has_request_id,
+        connection_names_others: names_others,
+    };
+    Ok((response, body, !close && status != 101))
 }
 
 /// The last comma-separated token of a header value, trimmed.
@@ -504,14 +629,31 @@ mod tests {
         assert_eq!(last_token(b"chunked, gzip"), b"gzip");
     }
 
-    /// Scans and builds a head as `UpstreamSession::parse_head` does; the rest of `wire`.
+    /// A parsed head, as `UpstreamSession::parse_head` leaves it.
+    struct ParsedHead {
+        raw: RawResponse,
+        response: Box<ResponseHeader>,
+        body: Option<BodyFraming>,
+        keepalive: bool,
+    }
+
+    /// Scans and inspects a head as `UpstreamSession::parse_head` does, and makes it into a
+    /// header; the rest of `wire`.
     fn parse(wire: &[u8]) -> Result<(ParsedHead, Bytes)> {
         let mut buf = BytesMut::from(wire);
         let mut slots = [httparse::EMPTY_HEADER; FEW_HEADERS];
         let mut spans = [Span::default(); FEW_HEADERS];
         let (line, n) = scan_head(&buf, &mut slots, &mut spans)?.expect("a complete head");
         let head = buf.split_to(line.len).freeze();
-        Ok((build_head(line, &head, &spans[..n], false)?, buf.freeze()))
+        let (raw, body, keepalive) = inspect(line, head, &spans[..n], false)?;
+        let response = raw.to_header()?;
+        let parsed = ParsedHead {
+            raw,
+            response,
+            body,
+            keepalive,
+        };
+        Ok((parsed, buf.freeze()))
     }
 
     #[test]
@@ -538,6 +680,41 @@ mod tests {
         let (parsed, _) =
             parse(b"HTTP/1.1 200 OK\r\nX-A: caf\xe9\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert_eq!(parsed.response.headers["x-a"].as_bytes(), b"caf\xe9");
+    }
+
+    #[test]
+    fn a_client_gets_the_backends_lines_less_the_hop_by_hop_ones() {
+        let wire = b"HTTP/1.1 200 Fine\r\nX-Mixed-Case: 1\r\nConnection: keep-alive\r\n\
+                     Keep-Alive: timeout=5\r\nDate: old\r\nSet-Cookie: a\r\nTE: x\r\n\
+                     Upgrade: h2c\r\nDate: older\r\nSet-Cookie: b\r\nContent-Length: 3\r\n\r\nabc";
+        let (parsed, _) = parse(wire).unwrap();
+        let raw = &parsed.raw;
+        let mut out = Vec::new();
+        raw.write_status_line(&mut out);
+        assert!(raw.write_client_lines(b"now", &mut out));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 Fine\r\nX-Mixed-Case: 1\r\nDate: now\r\nSet-Cookie: a\r\n\
+             Set-Cookie: b\r\nContent-Length: 3\r\n"
+        );
+        assert_eq!((raw.length, raw.coded), (Some(3), false));
+        assert!(!raw.connection_names_others && !raw.has_hsts && !raw.has_request_id);
+
+        let (parsed, _) = parse(
+            b"HTTP/1.1 404 Not Found\r\nconnection: x-secret\r\nX-Request-Id: r\r\n\
+              Strict-Transport-Security: max-age=1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
+        let raw = &parsed.raw;
+        let mut out = Vec::new();
+        raw.write_status_line(&mut out);
+        assert!(!raw.write_client_lines(b"now", &mut out));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nX-Request-Id: r\r\n\
+             Strict-Transport-Security: max-age=1\r\nTransfer-Encoding: chunked\r\n"
+        );
+        assert!(raw.connection_names_others && raw.has_hsts && raw.has_request_id && raw.coded);
     }
 
     #[test]

@@ -1061,8 +1061,8 @@ fn status_sent_is_the_final_status_or_499() {
         (200, 200),
         (502, 502),
     ] {
-        let resp = ResponseHeader::build(written, None).unwrap();
-        assert_eq!(status_sent(Some(&resp)), logged, "{written}");
+        let status = http::StatusCode::from_u16(written).unwrap();
+        assert_eq!(status_sent(Some(status)), logged, "{written}");
     }
 }
 
