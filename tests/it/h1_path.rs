@@ -1825,3 +1825,71 @@ async fn h1_pipelined_requests_are_answered_in_order() {
     // And the connection is still usable afterwards.
     assert_eq!(c.get("/after").await.status, 200);
 }
+
+/// A response head goes to the client as the backend wrote it — names in its case, lines in
+/// its order, repeated fields apart — less the hop-by-hop headers (and the ones its
+/// Connection names), with the proxy's own Date, Connection and X-Request-Id; and the
+/// connection serves the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_response_head_keeps_the_backends_lines_less_hop_by_hop() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/plain" => Reply::Send(response(
+            "200 Fine",
+            "X-Mixed-CASE: 1\r\nSet-Cookie: a=1\r\nConnection: keep-alive\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+             Trailer: X-T\r\nUpgrade: h2c\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
+             X-Between: 2\r\nSet-Cookie: b=2\r\n",
+            b"abc",
+        )),
+        "/names" => Reply::Send(response(
+            "404 Not Found",
+            "Connection: X-Secret\r\nX-Secret: s\r\nX-Request-Id: from-backend\r\n",
+            b"",
+        )),
+        _ => echo(req),
+    })
+    .await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+    let mut c = Conn::open(proxy.http_addr).await;
+
+    let resp = c.get("/plain").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"abc");
+    let names: Vec<&str> = resp.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Content-Length",
+            "X-Mixed-CASE",
+            "Set-Cookie",
+            "Date",
+            "X-Between",
+            "Set-Cookie",
+            "x-request-id",
+            "Connection"
+        ],
+        "{:?}",
+        resp.headers
+    );
+    let cookies: Vec<&str> = resp
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "Set-Cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_ne!(resp.header("date"), Some("Thu, 01 Jan 1970 00:00:00 GMT"));
+    assert_eq!(resp.header("connection"), Some("keep-alive"));
+    let id = resp.header("x-request-id").expect("an X-Request-Id");
+    assert_eq!(up.requests()[0].header("x-request-id"), Some(id));
+
+    let resp = c.get("/names").await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.header("x-secret"), None, "{:?}", resp.headers);
+    assert_eq!(resp.header("x-request-id"), Some("from-backend"));
+    assert_eq!(resp.header("connection"), Some("keep-alive"));
+
+    let resp = c.get("/next").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(up.accepts(), 1, "the backend connection was not reused");
+}
