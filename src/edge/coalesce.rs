@@ -126,6 +126,11 @@ impl AsyncWrite for Coalesced {
                 return this.poll_send(cx, data);
             }
         }
+        if this.waiting.capacity() == 0 {
+            // Room for a head and a short body at once: growing from the head's size would
+            // be a second allocation per response.
+            this.waiting.reserve(data.len().max(SEND_AT));
+        }
         this.waiting.extend_from_slice(data);
         if this.waiting.len() - this.sent >= SEND_AT {
             // Sent now if the socket takes it; otherwise it waits for the next write or the

@@ -8,6 +8,7 @@
 //! (loadtests/README.md, "Performance"). The interface is the subset the request path (`edge::relay`) uses, with
 //! the same error types, so the request path reads the same.
 
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -25,9 +26,6 @@ use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
 const MAX_HEAD: usize = 1024 * 1024;
 /// Header lines in a backend's response head.
 const MAX_HEADERS: usize = 256;
-/// Header slots tried first.
-const FEW_HEADERS: usize = 48;
-const TOO_MANY: &str = "too many headers for the first try";
 /// Read size for heads and bodies.
 const READ_CHUNK: usize = 16 * 1024;
 /// The first read of a response: most heads, and small bodies with them, fit.
@@ -202,23 +200,10 @@ impl UpstreamSession {
     /// Parses a complete head at the start of `buf`: sets the response and its body's
     /// framing, and consumes the head from `buf`; `false` when the head is not complete yet.
     fn parse_head(&mut self) -> Result<bool> {
-        // Most heads fit the small arrays (zeroed on every response, so kept small).
-        let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
-        let mut few_spans = [Span::default(); FEW_HEADERS];
-        let mut many_spans = Vec::new();
-        let (line, spans) = match scan_head(&self.buf, &mut few, &mut few_spans) {
-            Err(e) if matches!(e.etype(), ErrorType::Custom(TOO_MANY)) => {
-                let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
-                many_spans.resize(MAX_HEADERS, Span::default());
-                match scan_head(&self.buf, &mut many, &mut many_spans)? {
-                    Some((line, n)) => (line, &many_spans[..n]),
-                    None => return Ok(false),
-                }
-            }
-            other => match other? {
-                Some((line, n)) => (line, &few_spans[..n]),
-                None => return Ok(false),
-            },
+        // Uninitialised: zeroing the slots would be a memset on every response.
+        let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let Some((line, spans)) = scan_head(&self.buf, &mut slots)? else {
+            return Ok(false);
         };
         // The head's bytes, frozen: what is written on, or made into a header, comes from
         // them without a copy.
@@ -472,19 +457,16 @@ impl RawResponse {
 }
 
 /// Scans a response head at the start of `buf`: its status line and where each header line
-/// lies (in `spans`, as many as the returned count); `None` when it is not complete.
+/// lies; `None` when it is not complete.
 fn scan_head<'b>(
     buf: &'b [u8],
-    slots: &mut [httparse::Header<'b>],
-    spans: &mut [Span],
-) -> Result<Option<(StatusLine, usize)>> {
-    let mut parsed = httparse::Response::new(slots);
-    let len = match parsed.parse(buf) {
+    slots: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(StatusLine, Vec<Span>)>> {
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) if parsed.headers.len() < MAX_HEADERS => {
-            return Error::e_explain(ErrorType::Custom(TOO_MANY), "more header slots")
-        }
         Err(e) => {
             return Error::e_explain(
                 ErrorType::InvalidHTTPHeader,
@@ -504,20 +486,22 @@ fn scan_head<'b>(
         .reason
         .filter(|r| !r.is_empty() && code.canonical_reason() != Some(*r))
         .map(|r| at(r.as_bytes()));
-    for (h, span) in parsed.headers.iter().zip(spans.iter_mut()) {
-        *span = Span {
+    let spans = parsed
+        .headers
+        .iter()
+        .map(|h| Span {
             name: at(h.name.as_bytes()),
             value: at(h.value),
             kind: Kind::of(h.name.as_bytes()),
-        };
-    }
+        })
+        .collect();
     let line = StatusLine {
         len,
         status,
         reason,
         version_11: parsed.version == Some(1),
     };
-    Ok(Some((line, parsed.headers.len())))
+    Ok(Some((line, spans)))
 }
 
 /// What a scanned head says: the response, its body's framing (`None` for a 1xx other than
@@ -526,7 +510,7 @@ fn scan_head<'b>(
 fn inspect(
     line: StatusLine,
     head: Bytes,
-    spans: &[Span],
+    spans: Vec<Span>,
     head_request: bool,
 ) -> Result<(RawResponse, Option<BodyFraming>, bool)> {
     let status = line.status;
@@ -535,7 +519,7 @@ fn inspect(
     let mut chunked = false;
     let mut coded = false;
     let (mut has_hsts, mut has_request_id, mut names_others) = (false, false, false);
-    for span in spans {
+    for span in &spans {
         let value = &head[span.value()];
         match span.kind {
             Kind::ContentLength => {
@@ -602,7 +586,7 @@ fn inspect(
     };
     let response = RawResponse {
         head,
-        spans: spans.to_vec(),
+        spans,
         reason: line.reason,
         status,
         length,
@@ -641,11 +625,10 @@ mod tests {
     /// header; the rest of `wire`.
     fn parse(wire: &[u8]) -> Result<(ParsedHead, Bytes)> {
         let mut buf = BytesMut::from(wire);
-        let mut slots = [httparse::EMPTY_HEADER; FEW_HEADERS];
-        let mut spans = [Span::default(); FEW_HEADERS];
-        let (line, n) = scan_head(&buf, &mut slots, &mut spans)?.expect("a complete head");
+        let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let (line, spans) = scan_head(&buf, &mut slots)?.expect("a complete head");
         let head = buf.split_to(line.len).freeze();
-        let (raw, body, keepalive) = inspect(line, head, &spans[..n], false)?;
+        let (raw, body, keepalive) = inspect(line, head, spans, false)?;
         let response = raw.to_header()?;
         let parsed = ParsedHead {
             raw,
