@@ -134,11 +134,23 @@ pub fn oversized(buf: &[u8], max_header_bytes: usize) -> Refusal {
     }
 }
 
+/// Room for the header lines of one head, on the caller's stack. Uninitialised: zeroing 256
+/// of them (8 KiB) would be a memset on every request.
+pub type HeaderSlots<'b> = [std::mem::MaybeUninit<httparse::Header<'b>>; HEADER_SLOTS];
+
+pub const fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { std::mem::MaybeUninit::uninit() }; HEADER_SLOTS]
+}
+
 /// Checks a complete head (`buf[..end]`, from `find_head_end`) against the framing, Host and
 /// size rules. Every refusal closes the connection; nothing of the request is forwarded.
-pub fn check_head(buf: &[u8], limits: &Limits) -> Result<CheckedHead, Refusal> {
-    // Uninitialised slots: zeroing 256 of them (8 KiB) would be a memset on every request.
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; HEADER_SLOTS];
+/// With the verdict comes the parse itself (request line and headers, in `slots`), so the
+/// head is parsed once: the edge builds its request header from it.
+pub fn check_head<'h, 'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+    slots: &'h mut HeaderSlots<'b>,
+) -> Result<(CheckedHead, httparse::Request<'h, 'b>), Refusal> {
     let max = limits.max_headers.min(HEADER_SLOTS);
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots[..max]) {
@@ -220,7 +232,45 @@ pub fn check_head(buf: &[u8], limits: &Limits) -> Result<CheckedHead, Refusal> {
             return Err(Refusal::new(413, Rejection::TooLarge));
         }
     }
-    Ok(CheckedHead { len, body })
+    Ok((CheckedHead { len, body }, req))
+}
+
+/// The header lines of a head `check_head` accepted, in the order the client sent them:
+/// each name as sent (its case kept) and its value without the whitespace around it, as
+/// httparse reads them. A plain scan, without a second parse: the checks already refused
+/// bare LFs, folded lines and malformed names, so every line is `name:value\r\n`.
+pub fn header_lines(head: &[u8]) -> HeaderLines<'_> {
+    // The request line is not a header line.
+    let start = head
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(head.len(), |i| i + 1);
+    HeaderLines {
+        rest: &head[start..],
+    }
+}
+
+/// See `header_lines`.
+pub struct HeaderLines<'b> {
+    rest: &'b [u8],
+}
+
+impl<'b> Iterator for HeaderLines<'b> {
+    type Item = (&'b [u8], &'b [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let end = self.rest.iter().position(|&c| c == b'\n')?;
+        let line = &self.rest[..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.rest = &self.rest[end + 1..];
+        let colon = line.iter().position(|&c| c == b':');
+        let Some(colon) = colon else {
+            // The blank line that ends the head.
+            self.rest = &[];
+            return None;
+        };
+        Some((&line[..colon], trim_ows(&line[colon + 1..])))
+    }
 }
 
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
@@ -401,7 +451,12 @@ mod tests {
     }
 
     fn check(head: &str) -> Result<CheckedHead, Refusal> {
-        check_head(head.as_bytes(), &limits())
+        check_with(head, &limits())
+    }
+
+    fn check_with(head: &str, limits: &Limits) -> Result<CheckedHead, Refusal> {
+        let mut slots = header_slots();
+        check_head(head.as_bytes(), limits, &mut slots).map(|(checked, _)| checked)
     }
 
     #[test]
@@ -479,6 +534,50 @@ mod tests {
     }
 
     #[test]
+    fn the_parse_comes_with_the_verdict() {
+        let head = "POST /x?y HTTP/1.0\r\nHost: a.test\r\nX-Mixed-Case:  v 1 \r\nContent-Length: 3\r\n\r\n";
+        let mut slots = header_slots();
+        let (checked, req) = check_head(head.as_bytes(), &limits(), &mut slots).unwrap();
+        assert_eq!(checked.len, head.len());
+        assert_eq!(checked.body, BodyFraming::Length(3));
+        assert_eq!(req.method, Some("POST"));
+        assert_eq!(req.path, Some("/x?y"));
+        assert_eq!(req.version, Some(0));
+        let headers: Vec<(&str, &[u8])> = req.headers.iter().map(|h| (h.name, h.value)).collect();
+        assert_eq!(
+            headers,
+            [
+                ("Host", &b"a.test"[..]),
+                ("X-Mixed-Case", b"v 1"),
+                ("Content-Length", b"3")
+            ]
+        );
+    }
+
+    #[test]
+    fn header_lines_are_the_parsed_headers_in_order() {
+        for head in [
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:a\r\nX-Empty:\r\nx-tab:\t v\t\r\nX-Colon: a:b: c \r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "POST /p HTTP/1.1\r\nHost: a\r\nCoOkIe: a=1\r\ncookie: b=2\r\nUser-Agent: x/1 (y)\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let mut slots = header_slots();
+            let (_, req) = check_head(head.as_bytes(), &limits(), &mut slots).unwrap();
+            let parsed: Vec<(&[u8], &[u8])> = req
+                .headers
+                .iter()
+                .map(|h| (h.name.as_bytes(), h.value))
+                .collect();
+            let scanned: Vec<(&[u8], &[u8])> = header_lines(head.as_bytes()).collect();
+            assert_eq!(scanned, parsed, "{head:?}");
+        }
+        // A head followed by its body: the lines stop at the blank line.
+        let lines: Vec<_> = header_lines(b"GET / HTTP/1.1\r\nA: 1\r\n\r\nB: 2\r\n").collect();
+        assert_eq!(lines, [(&b"A"[..], &b"1"[..])]);
+    }
+
+    #[test]
     fn content_lengths() {
         assert_eq!(parse_length(b" 42 "), Some(42));
         assert_eq!(parse_length(b"+42"), None);
@@ -509,7 +608,7 @@ mod tests {
             ..limits()
         };
         let big = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n";
-        assert_eq!(check_head(big.as_bytes(), &l).unwrap_err().status, 413);
+        assert_eq!(check_with(big, &l).unwrap_err().status, 413);
         assert_eq!(oversized(b"GET /aaaaaaaa", 8).status, 414);
         assert_eq!(oversized(b"GET / HTTP/1.1\r\nX: aaaa", 20).status, 431);
     }

@@ -8,7 +8,6 @@
 //! "Performance"). The interface is the subset the request path (`edge::relay`) uses of pingora's, with the same
 //! error types, so the request path reads the same.
 
-use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -20,8 +19,8 @@ use pingora_core::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::core::config::MAX_HEADERS_CAP as HEADER_SLOTS;
-use crate::core::request_head::parse_length;
+use crate::core::config::Limits;
+use crate::core::request_head::{self, parse_length, Refusal, Rejection};
 use crate::edge::body::BodyFraming;
 use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
 use crate::edge::upstream_h1::RawResponse;
@@ -56,6 +55,8 @@ pub struct ClientSession {
     digest: Option<Arc<SocketDigest>>,
     /// Bytes read past the request head: the body, then any pipelined request.
     buf: BytesMut,
+    /// The request head as it came (`req`'s values are views into it).
+    head: Bytes,
     req: Box<RequestHeader>,
     body: RequestBody,
     /// `Some`: the connection may serve another request (the value is pingora's
@@ -68,20 +69,23 @@ pub struct ClientSession {
     half_closed: bool,
 }
 
-/// The client's request head was not a request this proxy can take (answered 400).
-pub struct BadHead(pub Stream);
+/// The client's request head was refused: the connection, and what to answer before closing it.
+pub struct BadHead(pub Stream, pub Refusal);
 
 impl ClientSession {
-    /// A session for the request whose checked head is `buf[..head_len]`; what follows it in
-    /// `buf` is the start of its body or of pipelined requests.
+    /// A session for the request whose head is `head` (complete, up to its blank line, from
+    /// `edge::h1`): checked by `core::request_head::check_head`, then made into the header the
+    /// proxy works on from the same parse. `buf` holds what followed the head: the start of
+    /// its body or of pipelined requests.
     pub fn new(
         stream: Stream,
-        mut buf: BytesMut,
-        head_len: usize,
+        head: Bytes,
+        buf: BytesMut,
+        limits: &Limits,
     ) -> std::result::Result<ClientSession, BadHead> {
-        let head = buf.split_to(head_len).freeze();
-        let Some((req, body)) = parse_request(&head) else {
-            return Err(BadHead(stream));
+        let (req, body) = match parse_request(&head, limits) {
+            Ok(parsed) => parsed,
+            Err(refusal) => return Err(BadHead(stream, refusal)),
         };
         let keepalive = client_keepalive(&req).then_some(0);
         let digest = stream.get_socket_digest();
@@ -89,6 +93,7 @@ impl ClientSession {
             stream,
             digest,
             buf,
+            head,
             req,
             body,
             keepalive,
@@ -97,6 +102,11 @@ impl ClientSession {
             close_on_early_response: true,
             half_closed: false,
         })
+    }
+
+    /// The request head as the client sent it (see `Downstream::raw_head`).
+    pub fn raw_head(&self) -> &[u8] {
+        &self.head
     }
 
     pub fn req_header(&self) -> &RequestHeader {
@@ -490,51 +500,50 @@ fn titled_name(name: &HeaderName) -> &str {
     }
 }
 
-/// Parses a head that `core::request_head::check_head` accepted into a header and the body's
-/// framing; `None` for what a proxy cannot take (an absolute-form target whose authority is
-/// not Host, a method or target the URI type refuses).
-fn parse_request(head: &Bytes) -> Option<(Box<RequestHeader>, RequestBody)> {
-    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; HEADER_SLOTS];
-    let mut parsed = httparse::Request::new(&mut []);
-    match parsed.parse_with_uninit_headers(head, &mut slots) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
+/// Checks a request head (`core::request_head::check_head`) and builds the header the proxy
+/// works on from the same parse, with the body's framing. Beyond the checks, a 400 for what
+/// a proxy cannot take: an absolute-form target whose authority is not Host, a method or
+/// target the URI type refuses.
+///
+/// The header keeps no case map: the client's spelling of each name is in the head, which
+/// the session keeps, and `EdgeProxy::upstream_head` writes the backend's header lines from
+/// it (a case map cost more than any other part of building the header).
+fn parse_request(
+    head: &Bytes,
+    limits: &Limits,
+) -> Result<(Box<RequestHeader>, RequestBody), Refusal> {
+    const BAD: Refusal = Refusal::new(400, Rejection::BadRequest);
+    let mut slots = request_head::header_slots();
+    let (checked, parsed) = request_head::check_head(head, limits, &mut slots)?;
+    let method = parsed.method.ok_or(BAD)?;
+    let path = parsed.path.ok_or(BAD)?;
     let mut req = Box::new(
-        RequestHeader::build(
-            parsed.method?,
-            parsed.path?.as_bytes(),
-            Some(parsed.headers.len()),
-        )
-        .ok()?,
+        RequestHeader::build(method, path.as_bytes(), Some(parsed.headers.len()))
+            .map_err(|_| BAD)?,
     );
     req.set_version(match parsed.version {
         Some(1) => http::Version::HTTP_11,
         _ => http::Version::HTTP_10,
     });
-    let mut body = RequestBody::Done;
     for h in parsed.headers.iter() {
         let name = head.slice_ref(h.name.as_bytes());
         // A view into the head, not a copy.
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            body = RequestBody::Chunked(ChunkedDecoder::default());
-        } else if h.name.eq_ignore_ascii_case("content-length") && body == RequestBody::Done {
-            let n = parse_length(h.value)?;
-            if n > 0 {
-                body = RequestBody::Length(n);
-            }
-        }
-        req.append_header(name, value).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).map_err(|_| BAD)?;
+        req.append_header(name, value).map_err(|_| BAD)?;
     }
     // An absolute-form target names the host itself: it must be the Host header's.
     if let Some(authority) = absolute_form_authority(req.raw_path()) {
-        let host = req.headers.get(header::HOST)?.as_bytes();
+        let host = req.headers.get(header::HOST).ok_or(BAD)?.as_bytes();
         if !authority.eq_ignore_ascii_case(host) {
-            return None;
+            return Err(BAD);
         }
     }
-    Some((req, body))
+    let body = match checked.body {
+        request_head::BodyFraming::None => RequestBody::Done,
+        request_head::BodyFraming::Length(n) => RequestBody::Length(n),
+        request_head::BodyFraming::Chunked => RequestBody::Chunked(ChunkedDecoder::default()),
+    };
+    Ok((req, body))
 }
 
 /// The authority of an absolute-form target (`http://host:port/path`), if it is one.

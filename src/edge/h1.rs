@@ -113,23 +113,22 @@ impl EdgeApp {
                 self.edge.shared.snapshot.load().config.limits
             };
             let deadline = first.then(|| accepted + limits.header_timeout);
-            let checked = match self
+            let end = match self
                 .read_head(&mut stream, &mut buf, &limits, deadline)
                 .await
             {
-                Ok(checked) => checked,
+                Ok(end) => end,
                 Err(HeadEnd::Close) => return,
                 // Boxed: its linger buffer is not part of every idle connection.
                 Err(HeadEnd::Refuse(refusal)) => return Box::pin(refuse(stream, refusal)).await,
             };
-            // The checked head is parsed once more, into the header the proxy works on; what
+            // The head is checked and parsed once, into the header the proxy works on; what
             // follows it in `buf` is the start of the body or of pipelined requests.
-            let session = match ClientSession::new(stream, std::mem::take(&mut buf), checked.len) {
+            let head = buf.split_to(end).freeze();
+            let rest = std::mem::take(&mut buf);
+            let session = match ClientSession::new(stream, head, rest, &limits) {
                 Ok(session) => session,
-                Err(BadHead(stream)) => {
-                    let refusal = Refusal::new(400, Rejection::BadRequest);
-                    return Box::pin(refuse(stream, refusal)).await;
-                }
+                Err(BadHead(stream, refusal)) => return Box::pin(refuse(stream, refusal)).await,
             };
             // Boxed: the request's state (sessions, buffers, upstream I/O) exists while a
             // request does, and a connection idle between requests keeps only this loop.
@@ -174,8 +173,8 @@ impl EdgeApp {
         let _ = ServerApp::process_new(&self.h2, stream, shutdown).await;
     }
 
-    /// Reads one request head into `buf` (which may already hold pipelined bytes) and checks
-    /// it. The wait for its first byte is the keep-alive idle time; from the first byte (or
+    /// Reads one request head into `buf` (which may already hold pipelined bytes) and returns
+    /// its length; `ClientSession::new` checks it. The wait for its first byte is the keep-alive idle time; from the first byte (or
     /// from `deadline`, for a connection's first request) the whole head must arrive within
     /// `header_timeout` — one deadline, not a timer per read, so a byte a second does not
     /// hold the connection (slowloris).
@@ -185,7 +184,7 @@ impl EdgeApp {
         buf: &mut BytesMut,
         limits: &Limits,
         deadline: Option<Instant>,
-    ) -> std::result::Result<request_head::CheckedHead, HeadEnd> {
+    ) -> std::result::Result<usize, HeadEnd> {
         let mut deadline = deadline;
         if buf.is_empty() {
             let closing = self.closing_wakeup.notified();
@@ -214,7 +213,7 @@ impl EdgeApp {
                         limits.max_header_bytes,
                     )));
                 }
-                return request_head::check_head(&buf[..end], limits).map_err(HeadEnd::Refuse);
+                return Ok(end);
             }
             if buf.len() > limits.max_header_bytes {
                 return Err(HeadEnd::Refuse(request_head::oversized(
