@@ -508,7 +508,7 @@ fn titled_name(name: &HeaderName) -> &str {
 /// The header keeps no case map: the client's spelling of each name is in the head, which
 /// the session keeps, and `EdgeProxy::upstream_head` writes the backend's header lines from
 /// it (a case map cost more than any other part of building the header).
-fn parse_request(
+pub(crate) fn parse_request(
     head: &Bytes,
     limits: &Limits,
 ) -> Result<(Box<RequestHeader>, RequestBody), Refusal> {
@@ -518,7 +518,7 @@ fn parse_request(
     let method = parsed.method.ok_or(BAD)?;
     let path = parsed.path.ok_or(BAD)?;
     let mut req = Box::new(
-        RequestHeader::build(method, path.as_bytes(), Some(parsed.headers.len()))
+        RequestHeader::build_no_case(method, path.as_bytes(), Some(parsed.headers.len()))
             .map_err(|_| BAD)?,
     );
     req.set_version(match parsed.version {
@@ -686,5 +686,62 @@ mod tests {
             resp.header_to_h1_wire(&mut wire);
             assert_eq!(written(&resp, None), wire);
         }
+    }
+
+    fn parsed(head: &str) -> std::result::Result<(Box<RequestHeader>, RequestBody), Refusal> {
+        let head = Bytes::copy_from_slice(head.as_bytes());
+        parse_request(&head, &Limits::default())
+    }
+
+    #[test]
+    fn a_head_is_checked_and_built_from_one_parse() {
+        let (req, body) = parsed(
+            "POST /p?q HTTP/1.1\r\nHost: a.test\r\nX-Mixed: v\r\nx-mixed: w\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(req.method, http::Method::POST);
+        assert_eq!(req.raw_path(), b"/p?q");
+        assert_eq!(req.version, http::Version::HTTP_11);
+        assert_eq!(body, RequestBody::Length(5));
+        let mixed: Vec<&[u8]> = req
+            .headers
+            .get_all("x-mixed")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(mixed, [b"v", b"w"]);
+        // The client's case lives in its head, not in a case map.
+        assert!(!req.has_case());
+        let (_, body) =
+            parsed("POST / HTTP/1.0\r\nHost: a\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert_eq!(body, RequestBody::Done);
+        let (req, body) =
+            parsed("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert!(matches!(body, RequestBody::Chunked(_)));
+        assert_eq!(req.version, http::Version::HTTP_11);
+    }
+
+    #[test]
+    fn refusals_are_the_checks_then_what_a_proxy_cannot_take() {
+        let refused = |head: &str| parsed(head).map(|_| ()).unwrap_err();
+        let framing = Refusal::new(400, Rejection::BadFraming);
+        let bad = Refusal::new(400, Rejection::BadRequest);
+        assert_eq!(
+            refused("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            framing
+        );
+        assert_eq!(refused("GET / HTTP/1.1\r\n\r\n"), bad);
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..Limits::default().max_headers {
+            many.push_str(&format!("X-{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(refused(&many), Refusal::new(431, Rejection::TooLarge));
+        // Absolute form naming another host than Host.
+        assert_eq!(
+            refused("GET http://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+            bad
+        );
+        parsed("GET http://A.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
     }
 }

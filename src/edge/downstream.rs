@@ -18,6 +18,10 @@ use crate::edge::upstream_h1::RawResponse;
 /// `ServerSession`'s, which `ClientSession` follows.
 pub(crate) trait Downstream: Send {
     fn req_header(&self) -> &RequestHeader;
+    /// The request head as the client sent it, when it came as HTTP/1 bytes (`None` for
+    /// HTTP/2): the backend's header lines are written from it, in the client's order and
+    /// case. `req_header` differs from it only by what `proxy::sanitize_request` edits.
+    fn raw_head(&self) -> Option<&[u8]>;
     /// The peer: the TCP peer, or the PROXY header's source.
     fn client_addr(&self) -> Option<&SocketAddr>;
     /// An HTTP/1.1 request with an Upgrade header (never an HTTP/2 stream).
@@ -55,6 +59,9 @@ pub(crate) trait Downstream: Send {
 impl Downstream for ClientSession {
     fn req_header(&self) -> &RequestHeader {
         ClientSession::req_header(self)
+    }
+    fn raw_head(&self) -> Option<&[u8]> {
+        Some(ClientSession::raw_head(self))
     }
     fn client_addr(&self) -> Option<&SocketAddr> {
         ClientSession::client_addr(self)
@@ -109,6 +116,9 @@ impl Downstream for ClientSession {
 impl Downstream for ServerSession {
     fn req_header(&self) -> &RequestHeader {
         ServerSession::req_header(self)
+    }
+    fn raw_head(&self) -> Option<&[u8]> {
+        None
     }
     fn client_addr(&self) -> Option<&SocketAddr> {
         ServerSession::client_addr(self)

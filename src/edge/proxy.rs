@@ -19,7 +19,7 @@ use pingora_core::protocols::l4::socket::SocketAddr as ClientAddr;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::core::request_head::{normalize_path, Refusal, Rejection};
+use crate::core::request_head::{self, normalize_path, Refusal, Rejection};
 use crate::edge::client_addr::{self, forwarded_entries, Client, X_FORWARDED_FOR};
 use crate::edge::middleware::compress::{self, Encoder, Negotiated};
 use crate::edge::middleware::{headers, rate_limit};
@@ -469,9 +469,15 @@ impl EdgeProxy {
     /// `upstream_request` handles: a route with `request_headers`, a `Connection` header
     /// naming other headers, an HTTP/1 request without Host. An HTTP/2 request's Host comes
     /// from its :authority, and its Cookie fields are joined into one.
+    ///
+    /// `raw`: the client's HTTP/1 head (`Downstream::raw_head`). Its header lines go on from
+    /// it, in the client's order and spelling of names (as nginx does), the framing values
+    /// from the header (`sanitize_request` may have made them canonical). Without it
+    /// (HTTP/2), the lines come from the header's map.
     pub(crate) fn upstream_head(
         &self,
         req: &RequestHeader,
+        raw: Option<&[u8]>,
         upgrade: bool,
         ctx: &mut RequestCtx,
         out: &mut Vec<u8>,
@@ -522,25 +528,31 @@ impl EdgeProxy {
         if from_authority {
             line(out, b"Host", host);
         }
-        let mut cased = req.case_header_iter();
-        for (name, value) in req.headers.iter() {
-            // The case map, when there is one, runs in step with the map (pingora's order).
-            let wire = cased.next().map(|(c, _)| c.as_slice());
-            let dropped = name == header::CONNECTION
-                || HOP_BY_HOP.contains(name)
-                || (name == header::UPGRADE && !upgrade)
-                || name == X_FORWARDED_FOR
-                || name == X_FORWARDED_PROTO
-                || name == X_FORWARDED_HOST
-                || name == header::EXPECT
-                || (name == X_REQUEST_ID && !keep_id)
-                || (h2 && name == header::COOKIE);
-            if !dropped {
-                line(
-                    out,
-                    wire.unwrap_or(name.as_str().as_bytes()),
-                    value.as_bytes(),
-                );
+        if let Some(head) = raw {
+            for (name, value) in request_head::header_lines(head) {
+                match raw_line(name, upgrade, keep_id) {
+                    RawLine::Keep => line(out, name, value),
+                    RawLine::Drop => {}
+                    RawLine::Framing(framing) => {
+                        if let Some(value) = req.headers.get(framing) {
+                            line(out, name, value.as_bytes());
+                        }
+                    }
+                }
+            }
+        } else {
+            let mut cased = req.case_header_iter();
+            for (name, value) in req.headers.iter() {
+                // The case map, when there is one, runs in step with the map (pingora's
+                // order).
+                let wire = cased.next().map(|(c, _)| c.as_slice());
+                if !(dropped(name, upgrade, keep_id) || (h2 && name == header::COOKIE)) {
+                    line(
+                        out,
+                        wire.unwrap_or(name.as_str().as_bytes()),
+                        value.as_bytes(),
+                    );
+                }
             }
         }
         if h2 {
@@ -671,6 +683,83 @@ impl EdgeProxy {
 /// The compressor failed (it writes to memory: it does not).
 pub(crate) fn compression_error(e: std::io::Error) -> Box<Error> {
     Error::because(ErrorType::InternalError, "compressing the response body", e)
+}
+
+/// Whether `upstream_head` leaves a client's header out: the hop-by-hop ones (Upgrade
+/// unless the request upgrades), what the proxy sets itself (X-Forwarded-*, X-Request-Id
+/// unless the client's is kept) and Expect (answered by the proxy).
+fn dropped(name: &HeaderName, upgrade: bool, keep_id: bool) -> bool {
+    name == header::CONNECTION
+        || HOP_BY_HOP.contains(name)
+        || (name == header::UPGRADE && !upgrade)
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == header::EXPECT
+        || (name == X_REQUEST_ID && !keep_id)
+}
+
+/// What becomes of a client's HTTP/1 header line on its way upstream.
+#[derive(Debug, PartialEq, Eq)]
+enum RawLine {
+    Keep,
+    Drop,
+    /// Content-Length or Transfer-Encoding: the name as sent, the value from the header.
+    Framing(&'static HeaderName),
+}
+
+static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
+static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
+
+/// `dropped`'s rules by a name's bytes, in any case: cheaper than making every name of
+/// every request a `HeaderName` first. The length picks the few names worth comparing.
+fn raw_line(name: &[u8], upgrade: bool, keep_id: bool) -> RawLine {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    let drop = match name.len() {
+        2 => is("te"),
+        6 => is("expect"),
+        7 => (is("upgrade") && !upgrade) || is("trailer"),
+        10 => is("connection") || is("keep-alive"),
+        12 => is("x-request-id") && !keep_id,
+        14 if is("content-length") => return RawLine::Framing(&CONTENT_LENGTH),
+        15 => is("x-forwarded-for"),
+        16 => is("proxy-connection") || is("x-forwarded-host"),
+        17 if is("transfer-encoding") => return RawLine::Framing(&TRANSFER_ENCODING),
+        17 => is("x-forwarded-proto"),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    };
+    if drop {
+        RawLine::Drop
+    } else {
+        RawLine::Keep
+    }
+}
+
+/// An upstream request head from an edited copy of the client's header (`upstream_request`):
+/// each name in the client's spelling when the client sent it (found in its HTTP/1 head,
+/// `raw`), else as the header has it. Only routes with `request_headers` come here from
+/// HTTP/1, so the search per name costs little in all.
+pub(crate) fn edited_head(req: &RequestHeader, raw: Option<&[u8]>, out: &mut Vec<u8>) {
+    let Some(raw) = raw else {
+        return crate::edge::upstream_h1::request_head(req, out);
+    };
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.raw_path());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers.iter() {
+        let wanted = name.as_str().as_bytes();
+        let spelled = request_head::header_lines(raw)
+            .find(|(sent, _)| sent.eq_ignore_ascii_case(wanted))
+            .map_or(wanted, |(sent, _)| sent);
+        out.extend_from_slice(spelled);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// X-Forwarded-For for the upstream: what the client sent with the client address appended,

@@ -222,7 +222,8 @@ impl EdgeProxy {
         let unannounced = !body_empty
             && !req.headers.contains_key(header::CONTENT_LENGTH)
             && !req.headers.contains_key(header::TRANSFER_ENCODING);
-        if !unannounced && self.upstream_head(session.req_header(), upgrade, ctx, &mut head) {
+        let raw = session.raw_head();
+        if !unannounced && self.upstream_head(session.req_header(), raw, upgrade, ctx, &mut head) {
             return Ok((head, None));
         }
         let mut req = Box::new(session.req_header().clone());
@@ -238,7 +239,7 @@ impl EdgeProxy {
             // Chunks to an HTTP/1.1 backend.
             req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        crate::edge::upstream_h1::request_head(&req, &mut head);
+        crate::edge::proxy::edited_head(&req, session.raw_head(), &mut head);
         Ok((head, Some(req)))
     }
 

@@ -1275,3 +1275,179 @@ fn ip_text_writes_an_address_as_its_display_does() {
         assert_eq!(&text[..len], ip.to_string().as_bytes(), "{ip}");
     }
 }
+
+// ---- upstream_head from the client's HTTP/1 head ---------------------------------------------
+
+/// A client's HTTP/1 head as `edge::h1` takes it: checked, parsed once, then sanitised.
+fn h1_request(head: &str) -> (Bytes, RequestHeader) {
+    let head = Bytes::copy_from_slice(head.as_bytes());
+    let limits = crate::core::config::Limits::default();
+    let (mut req, _) = crate::edge::client_h1::parse_request(&head, &limits).unwrap();
+    sanitize_request(&mut req).unwrap();
+    (head, *req)
+}
+
+/// The upstream head of `req` written by `upstream_head`, from `raw` when given.
+fn head_upstream(edge: &Edge, req: &RequestHeader, raw: Option<&[u8]>, upgrade: bool) -> String {
+    let mut ctx = edge.routed(req);
+    let mut out = Vec::new();
+    assert!(edge
+        .proxy
+        .upstream_head(req, raw, upgrade, &mut ctx, &mut out));
+    String::from_utf8(out).unwrap()
+}
+
+/// The header lines of a head, the X-Request-Id a proxy makes up blanked.
+fn lines_of(head: &str) -> Vec<String> {
+    head.split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| match l.split_once(": ") {
+            Some((name, value)) if name.eq_ignore_ascii_case("x-request-id") && value.len() == 32 => {
+                format!("{name}: -")
+            }
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+#[test]
+fn upstream_head_keeps_the_clients_case_and_order() {
+    let (raw, req) = h1_request(
+        "POST /up HTTP/1.1\r\nuser-agent: t/1\r\nHOST: app.test\r\nX-Custom-Thing:  a  b \r\nConnection: keep-alive\r\nAccept: */*\r\nx-custom-thing: second\r\nTE: trailers\r\nContent-Length: 007\r\nExpect: 100-continue\r\nX-Forwarded-For: 203.0.113.1\r\nCookie: a=1\r\ncookie: b=2\r\n\r\n",
+    );
+    let head = head_upstream(&Edge::new(), &req, Some(&raw), false);
+    assert!(head.starts_with("POST /up HTTP/1.1\r\n"), "{head}");
+    assert_eq!(
+        lines_of(&head),
+        [
+            "user-agent: t/1",
+            "HOST: app.test",
+            "X-Custom-Thing: a  b",
+            "Accept: */*",
+            "x-custom-thing: second",
+            // The name as sent, the value canonical (`sanitize_request`).
+            "Content-Length: 7",
+            "Cookie: a=1",
+            "cookie: b=2",
+            "X-Forwarded-For: 203.0.113.1, 192.0.2.7",
+            "X-Forwarded-Proto: http",
+            "X-Forwarded-Host: app.test",
+            "X-Request-Id: -",
+        ]
+    );
+    assert!(head.ends_with("\r\n\r\n"));
+}
+
+#[test]
+fn upstream_head_from_the_raw_head_drops_what_the_header_path_drops() {
+    for (head, upgrade) in [
+        ("GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", false),
+        (
+            "GET /a/../b?q HTTP/1.1\r\nHost: app.test\r\nKeep-Alive: 5\r\nProxy-Connection: x\r\nProxy-Authorization: b\r\nProxy-Authenticate: c\r\nTrailer: t\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nX-Forwarded-Proto: ftp\r\nX-Forwarded-Host: evil\r\nX-Request-Id: mine\r\n\r\n",
+            false,
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: k\r\nX-Request-Id: \r\n\r\n",
+            true,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding:  Chunked \r\nExpect: 100-continue\r\n\r\n",
+            false,
+        ),
+        (
+            "GET http://app.test/abs HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 203.0.113.1\r\nx-forwarded-for: 203.0.113.2\r\n\r\n",
+            false,
+        ),
+        ("GET / HTTP/1.0\r\nHost: app.test\r\nConnection: keep-alive\r\n\r\n", false),
+    ] {
+        let edge = Edge::new();
+        let (raw, req) = h1_request(head);
+        assert_eq!(req.headers.contains_key(header::UPGRADE), upgrade, "{head:?}");
+        let from_raw = head_upstream(&edge, &req, Some(&raw), upgrade);
+        let from_map = head_upstream(&edge, &req, None, upgrade);
+        let first = |h: &str| h.split("\r\n").next().unwrap().to_string();
+        assert_eq!(first(&from_raw), first(&from_map), "{head:?}");
+        // The same lines, names compared without their case (the map's order groups a
+        // name's lines; the raw head's is the client's).
+        let normal = |h: &str| {
+            let mut lines: Vec<String> = lines_of(h)
+                .into_iter()
+                .map(|l| {
+                    let (name, value) = l.split_once(": ").unwrap();
+                    format!("{}: {value}", name.to_ascii_lowercase())
+                })
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(normal(&from_raw), normal(&from_map), "{head:?}\n{from_raw}");
+    }
+}
+
+#[test]
+fn raw_line_follows_the_header_rules_for_every_name() {
+    let names = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "expect",
+        "x-request-id",
+        "host",
+        "accept",
+        "cookie",
+        "t",
+        "tf",
+        "x-request-ix",
+        "x-forwarded-fox",
+        "proxy-authorizatio",
+        "content-lengths",
+        "set-cookie",
+    ];
+    for name in names {
+        let parsed = HeaderName::from_static(name);
+        for upgrade in [false, true] {
+            for keep_id in [false, true] {
+                for spelled in [name.to_string(), name.to_ascii_uppercase()] {
+                    let rule = raw_line(spelled.as_bytes(), upgrade, keep_id);
+                    assert_eq!(
+                        rule == RawLine::Drop,
+                        dropped(&parsed, upgrade, keep_id),
+                        "{spelled} upgrade={upgrade} keep_id={keep_id}"
+                    );
+                }
+            }
+        }
+    }
+    for name in ["Content-Length", "transfer-encoding"] {
+        assert!(matches!(
+            raw_line(name.as_bytes(), false, false),
+            RawLine::Framing(_)
+        ));
+    }
+    assert!(HOP_BY_HOP.iter().all(|h| names.contains(&h.as_str())));
+}
+
+#[test]
+fn an_edited_head_keeps_the_clients_spelling_of_names() {
+    let (raw, req) = h1_request(
+        "GET / HTTP/1.1\r\nHOST: app.test\r\nX-Custom: 1\r\nuser-agent: t\r\n\r\n",
+    );
+    let mut up = req.clone();
+    up.insert_header("x-added", "2").unwrap();
+    let mut out = Vec::new();
+    edited_head(&up, Some(&raw), &mut out);
+    let head = String::from_utf8(out).unwrap();
+    assert_eq!(
+        head,
+        "GET / HTTP/1.1\r\nHOST: app.test\r\nX-Custom: 1\r\nuser-agent: t\r\nx-added: 2\r\n\r\n"
+    );
+}
