@@ -712,8 +712,7 @@ mod tests {
         assert_eq!(mixed, [b"v", b"w"]);
         // The client's case lives in its head, not in a case map.
         assert!(!req.has_case());
-        let (_, body) =
-            parsed("POST / HTTP/1.0\r\nHost: a\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let (_, body) = parsed("POST / HTTP/1.0\r\nHost: a\r\nContent-Length: 0\r\n\r\n").unwrap();
         assert_eq!(body, RequestBody::Done);
         let (req, body) =
             parsed("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();

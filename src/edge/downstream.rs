@@ -22,6 +22,9 @@ pub(crate) trait Downstream: Send {
     /// HTTP/2): the backend's header lines are written from it, in the client's order and
     /// case. `req_header` differs from it only by what `proxy::sanitize_request` edits.
     fn raw_head(&self) -> Option<&[u8]>;
+    /// The request's host (what `EdgeProxy::admit` routes by) passed
+    /// `core::request_head::valid_host` already, so routing need not check it again.
+    fn host_checked(&self) -> bool;
     /// The peer: the TCP peer, or the PROXY header's source.
     fn client_addr(&self) -> Option<&SocketAddr>;
     /// An HTTP/1.1 request with an Upgrade header (never an HTTP/2 stream).
@@ -62,6 +65,11 @@ impl Downstream for ClientSession {
     }
     fn raw_head(&self) -> Option<&[u8]> {
         Some(ClientSession::raw_head(self))
+    }
+    /// `check_head` checked the Host header, and an HTTP/1 request is routed by it (an
+    /// absolute-form target must name the same host, `client_h1::parse_request`).
+    fn host_checked(&self) -> bool {
+        true
     }
     fn client_addr(&self) -> Option<&SocketAddr> {
         ClientSession::client_addr(self)
@@ -119,6 +127,10 @@ impl Downstream for ServerSession {
     }
     fn raw_head(&self) -> Option<&[u8]> {
         None
+    }
+    /// :authority or Host: checked by `admit`.
+    fn host_checked(&self) -> bool {
+        false
     }
     fn client_addr(&self) -> Option<&SocketAddr> {
         ServerSession::client_addr(self)

@@ -336,11 +336,13 @@ pub(crate) fn error_kind(e: &Error) -> UpstreamErrorKind {
 impl EdgeProxy {
     /// Routes a request: sets the client, service and color in `ctx` and returns `None` when
     /// it goes upstream, or returns the answer the proxy gives itself. `peer` is the
-    /// connection's (the PROXY header's source, when there was one).
+    /// connection's (the PROXY header's source, when there was one). `host_checked`: the
+    /// request's host passed `valid_host` already (`Downstream::host_checked`).
     pub(crate) fn admit(
         &self,
         req: &RequestHeader,
         peer: Option<&ClientAddr>,
+        host_checked: bool,
         ctx: &mut RequestCtx,
     ) -> Option<LocalResponse> {
         let snapshot = self.shared.snapshot.load();
@@ -366,7 +368,7 @@ impl EdgeProxy {
             }
         }
         let host = request_host(req);
-        if !host.is_empty() && !crate::core::request_head::valid_host(host) {
+        if !host_checked && !host.is_empty() && !request_head::valid_host(host) {
             // Never routed, never echoed into a redirect.
             metrics::global().rejected(Rejection::BadRequest);
             return Some(LocalResponse::text(400, b"bad host\n"));

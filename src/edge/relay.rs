@@ -42,7 +42,13 @@ impl EdgeProxy {
         ctx: &mut RequestCtx,
         body: &BodyLimits,
     ) -> Result<()> {
-        if let Some(local) = self.admit(session.req_header(), session.client_addr(), ctx) {
+        let host_checked = session.host_checked();
+        if let Some(local) = self.admit(
+            session.req_header(),
+            session.client_addr(),
+            host_checked,
+            ctx,
+        ) {
             let header = local_header(&local, ctx)?;
             session.write_response_header(Box::new(header)).await?;
             if !local.body.is_empty() {

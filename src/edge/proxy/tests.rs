@@ -91,7 +91,8 @@ impl Edge {
     }
 
     fn admit(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<LocalResponse> {
-        self.proxy.admit(req, Some(&client("192.0.2.7")), ctx)
+        self.proxy
+            .admit(req, Some(&client("192.0.2.7")), false, ctx)
     }
 
     /// Admits `req` and expects it to go upstream.
@@ -451,7 +452,7 @@ fn admit_keeps_a_sticky_client_on_one_color() {
             let mut ctx = RequestCtx::new();
             assert!(edge
                 .proxy
-                .admit(&get("app.test", "/"), Some(&addr), &mut ctx)
+                .admit(&get("app.test", "/"), Some(&addr), false, &mut ctx)
                 .is_none());
             ctx.pool().unwrap().color_label
         };
@@ -670,7 +671,7 @@ fn x_forwarded_for_joins_every_line_the_client_sent_then_the_client() {
     let mut ctx = RequestCtx::new();
     assert!(edge
         .proxy
-        .admit(&req, Some(&client("2001:db8::7")), &mut ctx)
+        .admit(&req, Some(&client("2001:db8::7")), false, &mut ctx)
         .is_none());
     let mut up = req.clone();
     edge.proxy
@@ -1097,7 +1098,7 @@ fn middlewares_edge() -> Edge {
 
 fn admit_from(edge: &Edge, req: &RequestHeader, peer: &str) -> (RequestCtx, Option<LocalResponse>) {
     let mut ctx = RequestCtx::new();
-    let local = edge.proxy.admit(req, Some(&client(peer)), &mut ctx);
+    let local = edge.proxy.admit(req, Some(&client(peer)), false, &mut ctx);
     (ctx, local)
 }
 
@@ -1303,7 +1304,9 @@ fn lines_of(head: &str) -> Vec<String> {
         .skip(1)
         .filter(|l| !l.is_empty())
         .map(|l| match l.split_once(": ") {
-            Some((name, value)) if name.eq_ignore_ascii_case("x-request-id") && value.len() == 32 => {
+            Some((name, value))
+                if name.eq_ignore_ascii_case("x-request-id") && value.len() == 32 =>
+            {
                 format!("{name}: -")
             }
             _ => l.to_string(),
@@ -1438,9 +1441,8 @@ fn raw_line_follows_the_header_rules_for_every_name() {
 
 #[test]
 fn an_edited_head_keeps_the_clients_spelling_of_names() {
-    let (raw, req) = h1_request(
-        "GET / HTTP/1.1\r\nHOST: app.test\r\nX-Custom: 1\r\nuser-agent: t\r\n\r\n",
-    );
+    let (raw, req) =
+        h1_request("GET / HTTP/1.1\r\nHOST: app.test\r\nX-Custom: 1\r\nuser-agent: t\r\n\r\n");
     let mut up = req.clone();
     up.insert_header("x-added", "2").unwrap();
     let mut out = Vec::new();
