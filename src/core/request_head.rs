@@ -104,22 +104,15 @@ pub struct CheckedHead {
 /// scanned once, not once per byte.
 pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
-    let mut i = start;
-    while let Some(p) = memchr_nl(&buf[i..]) {
-        let at = i + p;
+    for at in memchr::memchr_iter(b'\n', &buf[start..]).map(|p| start + p) {
         if at + 1 < buf.len() && buf[at + 1] == b'\n' {
             return Some(at + 2);
         }
         if at + 2 < buf.len() && buf[at + 1] == b'\r' && buf[at + 2] == b'\n' {
             return Some(at + 3);
         }
-        i = at + 1;
     }
     None
-}
-
-fn memchr_nl(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
 }
 
 /// What a head too large for `max_header_bytes` gets: 414 when the request line alone does
@@ -167,11 +160,7 @@ pub fn check_head<'h, 'b>(
     };
     // RFC 9112 §2.2 lets a recipient take a bare LF as a line end; a proxy must not, when
     // the backend might not agree on where a header ends (a smuggling vector).
-    if buf[..len]
-        .iter()
-        .enumerate()
-        .any(|(i, &c)| c == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
-    {
+    if memchr::memchr_iter(b'\n', &buf[..len]).any(|i| i == 0 || buf[i - 1] != b'\r') {
         return Err(BAD_FRAMING);
     }
     let version = req.version.unwrap_or(1);
@@ -259,11 +248,11 @@ impl<'b> Iterator for HeaderLines<'b> {
     type Item = (&'b [u8], &'b [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let end = self.rest.iter().position(|&c| c == b'\n')?;
+        let end = memchr::memchr(b'\n', self.rest)?;
         let line = &self.rest[..end];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         self.rest = &self.rest[end + 1..];
-        let colon = line.iter().position(|&c| c == b':');
+        let colon = memchr::memchr(b':', line);
         let Some(colon) = colon else {
             // The blank line that ends the head.
             self.rest = &[];
