@@ -1283,9 +1283,11 @@ fn ip_text_writes_an_address_as_its_display_does() {
 fn h1_request(head: &str) -> (Bytes, RequestHeader) {
     let head = Bytes::copy_from_slice(head.as_bytes());
     let limits = crate::core::config::Limits::default();
-    let (mut req, _) = crate::edge::client_h1::parse_request(&head, &limits).unwrap();
+    let mut req = crate::edge::client_h1::parse_request(&head, &limits)
+        .unwrap()
+        .req;
     sanitize_request(&mut req).unwrap();
-    (head, *req)
+    (head, req)
 }
 
 /// The upstream head of `req` written by `upstream_head`, from `raw` when given.
