@@ -741,8 +741,9 @@ fn raw_line(name: &[u8], upgrade: bool, keep_id: bool) -> RawLine {
 
 /// An upstream request head from an edited copy of the client's header (`upstream_request`):
 /// each name in the client's spelling when the client sent it (found in its HTTP/1 head,
-/// `raw`), else as the header has it. Only routes with `request_headers` come here from
-/// HTTP/1, so the search per name costs little in all.
+/// `raw`), else as the header has it. From HTTP/1 only routes with `request_headers` and
+/// requests whose Connection names other headers come here: a search per name is cheap
+/// enough for them.
 pub(crate) fn edited_head(req: &RequestHeader, raw: Option<&[u8]>, out: &mut Vec<u8>) {
     let Some(raw) = raw else {
         return crate::edge::upstream_h1::request_head(req, out);
