@@ -1893,3 +1893,89 @@ async fn h1_response_head_keeps_the_backends_lines_less_hop_by_hop() {
     assert_eq!(resp.status, 200);
     assert_eq!(up.accepts(), 1, "the backend connection was not reused");
 }
+
+/// A request head reaches the backend with the client's lines as sent — names in its case,
+/// in its order, repeated fields apart — less the hop-by-hop ones, with the proxy's
+/// X-Forwarded-* and X-Request-Id after them; the client's spelling of names stays when a
+/// route's `request_headers` edits the head (in the header's order then).
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_request_head_keeps_the_clients_lines_less_hop_by_hop() {
+    let up = Upstream::start(echo).await;
+    let config = format!(
+        r#"{BASE}
+[[route]]
+host = "{HOST}"
+service = "h1"
+
+[[route]]
+host = "edit.test"
+service = "h1"
+request_headers = {{ "X-Env" = "prod" }}
+
+[service.h1]
+backends = ["{}"]
+"#,
+        up.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut c = Conn::open(proxy.http_addr).await;
+
+    let names = send_lines(&mut c, &up, HOST).await;
+    assert_eq!(
+        names,
+        [
+            "user-agent",
+            "X-Mixed-CASE",
+            "HOST",
+            "ACCEPT",
+            "x-mixed-case",
+            "X-Forwarded-For",
+            "X-Forwarded-Proto",
+            "X-Forwarded-Host",
+            "X-Request-Id",
+        ]
+    );
+
+    // Edited: a name the client sent keeps its (first) spelling; the proxy's own are
+    // lower case.
+    let mut names = send_lines(&mut c, &up, "edit.test").await;
+    names.sort();
+    let mut want = [
+        "user-agent",
+        "X-Mixed-CASE",
+        "X-Mixed-CASE",
+        "HOST",
+        "ACCEPT",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "X-Forwarded-Host",
+        "x-request-id",
+        "x-env",
+    ];
+    want.sort();
+    assert_eq!(names, want);
+}
+
+/// Sends a head of mixed-case, repeated and hop-by-hop lines for `host`; the names of the
+/// lines the backend got.
+async fn send_lines(c: &mut Conn, up: &Upstream, host: &str) -> Vec<String> {
+    let head = format!(
+        "GET /lines HTTP/1.1\r\nuser-agent: t/1\r\nX-Mixed-CASE: a\r\nHOST: {host}\r\n\
+         Connection: keep-alive\r\nTE: trailers\r\nKeep-Alive: timeout=5\r\n\
+         ACCEPT: */*\r\nx-mixed-case: b\r\nProxy-Authorization: Basic eDp5\r\n\
+         X-Forwarded-Host: spoofed.test\r\n\r\n"
+    );
+    c.send(head.as_bytes()).await;
+    let resp = c.response(false).await;
+    assert_eq!(resp.status, 200, "{host}");
+    let seen = up.requests().pop().unwrap();
+    let mixed: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-mixed-case"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(mixed, ["a", "b"], "{host}");
+    assert_eq!(seen.header("x-forwarded-host"), Some(host));
+    seen.headers.into_iter().map(|(k, _)| k).collect()
+}
