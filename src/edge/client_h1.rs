@@ -57,6 +57,8 @@ pub struct ClientSession {
     buf: BytesMut,
     /// The request head as it came (`req`'s values are views into it).
     head: Bytes,
+    /// Where its header lines lie.
+    lines: KeptLines,
     req: RequestHeader,
     body: RequestBody,
     /// `Some`: the connection may serve another request (the value is pingora's
@@ -87,6 +89,7 @@ impl ClientSession {
             req,
             body,
             keepalive,
+            lines,
         } = match parse_request(&head, limits) {
             Ok(parsed) => parsed,
             Err(refusal) => return Err(BadHead(stream, refusal)),
@@ -98,6 +101,7 @@ impl ClientSession {
             digest,
             buf,
             head,
+            lines,
             req,
             body,
             keepalive,
@@ -109,8 +113,8 @@ impl ClientSession {
     }
 
     /// The request head as the client sent it (see `Downstream::raw_head`).
-    pub fn raw_head(&self) -> &[u8] {
-        &self.head
+    pub(crate) fn raw_head(&self) -> RawHead<'_> {
+        self.lines.over(&self.head)
     }
 
     pub fn req_header(&self) -> &RequestHeader {
@@ -525,6 +529,7 @@ pub(crate) fn parse_request(head: &Bytes, limits: &Limits) -> Result<ParsedReque
     } else {
         http::Version::HTTP_10
     });
+    let lines = KeptLines::of(head, parsed.headers);
     for h in parsed.headers.iter() {
         let name = head.slice_ref(h.name.as_bytes());
         // A view into the head, not a copy.
@@ -553,6 +558,7 @@ pub(crate) fn parse_request(head: &Bytes, limits: &Limits) -> Result<ParsedReque
         req,
         body,
         keepalive,
+        lines,
     })
 }
 
@@ -579,6 +585,113 @@ pub(crate) struct ParsedRequest {
     pub body: RequestBody,
     /// The client wants the connection kept (`client_keepalive`).
     pub keepalive: bool,
+    pub lines: KeptLines,
+}
+
+/// How many header lines' places a session keeps: most requests have fewer.
+const KEPT_LINES: usize = 16;
+
+/// Where a header line's name and value lie in the head (offsets: kept only for heads
+/// within 64 KiB, so the array stays small).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct LineSpan {
+    name: (u16, u16),
+    value: (u16, u16),
+}
+
+/// Where the header lines of a head lie, from its one parse: the backend's head is written
+/// from them (`EdgeProxy::upstream_head`) without a second scan of the head. A head with more
+/// lines than `KEPT_LINES`, or beyond 64 KiB, keeps none and is scanned again instead
+/// (`core::request_head::header_lines`).
+#[derive(Clone, Copy)]
+pub(crate) struct KeptLines {
+    /// `None`: not kept.
+    count: Option<u8>,
+    spans: [LineSpan; KEPT_LINES],
+}
+
+impl KeptLines {
+    fn of(head: &[u8], headers: &[httparse::Header]) -> KeptLines {
+        let mut kept = KeptLines {
+            count: None,
+            spans: [LineSpan::default(); KEPT_LINES],
+        };
+        if headers.len() > KEPT_LINES || head.len() > usize::from(u16::MAX) {
+            return kept;
+        }
+        let base = head.as_ptr() as usize;
+        // httparse's slices are views into `head`; an empty value may not point into it,
+        // and needs no place.
+        let span = |part: &[u8]| -> Option<(u16, u16)> {
+            if part.is_empty() {
+                return Some((0, 0));
+            }
+            let start = (part.as_ptr() as usize).checked_sub(base)?;
+            let end = start + part.len();
+            (end <= head.len()).then_some((start as u16, end as u16))
+        };
+        for (slot, h) in kept.spans.iter_mut().zip(headers) {
+            let (Some(name), Some(value)) = (span(h.name.as_bytes()), span(h.value)) else {
+                return kept;
+            };
+            *slot = LineSpan { name, value };
+        }
+        kept.count = Some(headers.len() as u8);
+        kept
+    }
+
+    /// The head these places are in, with them.
+    pub(crate) fn over<'a>(&'a self, head: &'a [u8]) -> RawHead<'a> {
+        RawHead {
+            head,
+            spans: self.count.map(|n| &self.spans[..usize::from(n)]),
+        }
+    }
+}
+
+/// A client's HTTP/1 request head as it came, and where its header lines lie when known.
+#[derive(Clone, Copy)]
+pub(crate) struct RawHead<'a> {
+    head: &'a [u8],
+    spans: Option<&'a [LineSpan]>,
+}
+
+impl<'a> RawHead<'a> {
+    /// A head whose lines are found by scanning it (a head `check_head` accepted).
+    #[cfg(test)]
+    pub(crate) fn scanned(head: &'a [u8]) -> RawHead<'a> {
+        RawHead { head, spans: None }
+    }
+
+    /// Its header lines in the client's order: each name as sent, each value without the
+    /// whitespace around it.
+    pub(crate) fn lines(self) -> RawLines<'a> {
+        match self.spans {
+            Some(spans) => RawLines::Kept(self.head, spans.iter()),
+            None => RawLines::Scanned(request_head::header_lines(self.head)),
+        }
+    }
+}
+
+/// See `RawHead::lines`.
+pub(crate) enum RawLines<'a> {
+    Kept(&'a [u8], std::slice::Iter<'a, LineSpan>),
+    Scanned(request_head::HeaderLines<'a>),
+}
+
+impl<'a> Iterator for RawLines<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            RawLines::Kept(head, spans) => {
+                let span = spans.next()?;
+                let at = |(start, end): (u16, u16)| &head[usize::from(start)..usize::from(end)];
+                Some((at(span.name), at(span.value)))
+            }
+            RawLines::Scanned(lines) => lines.next(),
+        }
+    }
 }
 
 /// The authority of an absolute-form target (`http://host:port/path`), if it is one.
@@ -818,5 +931,32 @@ mod tests {
         assert!(!keeps(
             "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nCONNECTION: close\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn kept_lines_are_the_scanned_lines() {
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..KEPT_LINES {
+            many.push_str(&format!("X-{i}: v{i}\r\n"));
+        }
+        many.push_str("\r\n");
+        for head in [
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:a\r\nX-Empty:\r\nx-tab:\t v\t\r\nX-Colon: a:b: c \r\nX-Last:   \r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            many.as_str(),
+        ] {
+            let bytes = Bytes::copy_from_slice(head.as_bytes());
+            let parsed = parse_request(&bytes, &Limits::default()).unwrap();
+            let kept = parsed.lines.over(&bytes);
+            assert_eq!(
+                kept.spans.is_some(),
+                head != many,
+                "lines kept up to KEPT_LINES only"
+            );
+            let kept: Vec<_> = kept.lines().collect();
+            let scanned: Vec<_> = RawHead::scanned(&bytes).lines().collect();
+            assert_eq!(kept, scanned, "{head:?}");
+        }
     }
 }

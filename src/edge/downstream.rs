@@ -11,7 +11,7 @@ use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-use crate::edge::client_h1::ClientSession;
+use crate::edge::client_h1::{ClientSession, RawHead};
 use crate::edge::upstream_h1::RawResponse;
 
 /// What the request path needs of a client session. The names and meanings are pingora's
@@ -21,7 +21,7 @@ pub(crate) trait Downstream: Send {
     /// The request head as the client sent it, when it came as HTTP/1 bytes (`None` for
     /// HTTP/2): the backend's header lines are written from it, in the client's order and
     /// case. `req_header` differs from it only by what `proxy::sanitize_request` edits.
-    fn raw_head(&self) -> Option<&[u8]>;
+    fn raw_head(&self) -> Option<RawHead<'_>>;
     /// The request's host (what `EdgeProxy::admit` routes by) passed
     /// `core::request_head::valid_host` already, so routing need not check it again.
     fn host_checked(&self) -> bool;
@@ -63,7 +63,7 @@ impl Downstream for ClientSession {
     fn req_header(&self) -> &RequestHeader {
         ClientSession::req_header(self)
     }
-    fn raw_head(&self) -> Option<&[u8]> {
+    fn raw_head(&self) -> Option<RawHead<'_>> {
         Some(ClientSession::raw_head(self))
     }
     /// `check_head` checked the Host header, and an HTTP/1 request is routed by it (an
@@ -125,7 +125,7 @@ impl Downstream for ServerSession {
     fn req_header(&self) -> &RequestHeader {
         ServerSession::req_header(self)
     }
-    fn raw_head(&self) -> Option<&[u8]> {
+    fn raw_head(&self) -> Option<RawHead<'_>> {
         None
     }
     /// :authority or Host: checked by `admit`.

@@ -21,6 +21,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 use crate::core::request_head::{self, normalize_path, Refusal, Rejection};
 use crate::edge::client_addr::{self, forwarded_entries, Client, X_FORWARDED_FOR};
+use crate::edge::client_h1::RawHead;
 use crate::edge::middleware::compress::{self, Encoder, Negotiated};
 use crate::edge::middleware::{headers, rate_limit};
 use crate::runtime::metrics::{self, UpstreamErrorKind};
@@ -479,7 +480,7 @@ impl EdgeProxy {
     pub(crate) fn upstream_head(
         &self,
         req: &RequestHeader,
-        raw: Option<&[u8]>,
+        raw: Option<RawHead<'_>>,
         upgrade: bool,
         ctx: &mut RequestCtx,
         out: &mut Vec<u8>,
@@ -531,7 +532,7 @@ impl EdgeProxy {
             line(out, b"Host", host);
         }
         if let Some(head) = raw {
-            for (name, value) in request_head::header_lines(head) {
+            for (name, value) in head.lines() {
                 match raw_line(name, upgrade, keep_id) {
                     RawLine::Keep => line(out, name, value),
                     RawLine::Drop => {}
@@ -744,7 +745,7 @@ fn raw_line(name: &[u8], upgrade: bool, keep_id: bool) -> RawLine {
 /// `raw`), else as the header has it. From HTTP/1 only routes with `request_headers` and
 /// requests whose Connection names other headers come here: a search per name is cheap
 /// enough for them.
-pub(crate) fn edited_head(req: &RequestHeader, raw: Option<&[u8]>, out: &mut Vec<u8>) {
+pub(crate) fn edited_head(req: &RequestHeader, raw: Option<RawHead<'_>>, out: &mut Vec<u8>) {
     let Some(raw) = raw else {
         return crate::edge::upstream_h1::request_head(req, out);
     };
@@ -754,7 +755,8 @@ pub(crate) fn edited_head(req: &RequestHeader, raw: Option<&[u8]>, out: &mut Vec
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter() {
         let wanted = name.as_str().as_bytes();
-        let spelled = request_head::header_lines(raw)
+        let spelled = raw
+            .lines()
             .find(|(sent, _)| sent.eq_ignore_ascii_case(wanted))
             .map_or(wanted, |(sent, _)| sent);
         out.extend_from_slice(spelled);

@@ -10,6 +10,7 @@ use super::*;
 use crate::core::color::Color;
 use crate::core::config::Config;
 use crate::core::release::{Canary, ReleaseState, ServiceRelease};
+use crate::edge::client_h1::KeptLines;
 use crate::runtime::metrics::NO_COLOR;
 use crate::runtime::snapshot::{self, Overrides, Retained};
 
@@ -1280,18 +1281,22 @@ fn ip_text_writes_an_address_as_its_display_does() {
 // ---- upstream_head from the client's HTTP/1 head ---------------------------------------------
 
 /// A client's HTTP/1 head as `edge::h1` takes it: checked, parsed once, then sanitised.
-fn h1_request(head: &str) -> (Bytes, RequestHeader) {
+fn h1_request(head: &str) -> (Bytes, RequestHeader, KeptLines) {
     let head = Bytes::copy_from_slice(head.as_bytes());
     let limits = crate::core::config::Limits::default();
-    let mut req = crate::edge::client_h1::parse_request(&head, &limits)
-        .unwrap()
-        .req;
+    let parsed = crate::edge::client_h1::parse_request(&head, &limits).unwrap();
+    let mut req = parsed.req;
     sanitize_request(&mut req).unwrap();
-    (head, req)
+    (head, req, parsed.lines)
 }
 
 /// The upstream head of `req` written by `upstream_head`, from `raw` when given.
-fn head_upstream(edge: &Edge, req: &RequestHeader, raw: Option<&[u8]>, upgrade: bool) -> String {
+fn head_upstream(
+    edge: &Edge,
+    req: &RequestHeader,
+    raw: Option<RawHead<'_>>,
+    upgrade: bool,
+) -> String {
     let mut ctx = edge.routed(req);
     let mut out = Vec::new();
     assert!(edge
@@ -1318,10 +1323,12 @@ fn lines_of(head: &str) -> Vec<String> {
 
 #[test]
 fn upstream_head_keeps_the_clients_case_and_order() {
-    let (raw, req) = h1_request(
+    let (raw, req, lines) = h1_request(
         "POST /up HTTP/1.1\r\nuser-agent: t/1\r\nHOST: app.test\r\nX-Custom-Thing:  a  b \r\nConnection: keep-alive\r\nAccept: */*\r\nx-custom-thing: second\r\nTE: trailers\r\nContent-Length: 007\r\nExpect: 100-continue\r\nX-Forwarded-For: 203.0.113.1\r\nCookie: a=1\r\ncookie: b=2\r\n\r\n",
     );
-    let head = head_upstream(&Edge::new(), &req, Some(&raw), false);
+    let head = head_upstream(&Edge::new(), &req, Some(lines.over(&raw)), false);
+    let scanned = head_upstream(&Edge::new(), &req, Some(RawHead::scanned(&raw)), false);
+    assert_eq!(lines_of(&head), lines_of(&scanned));
     assert!(head.starts_with("POST /up HTTP/1.1\r\n"), "{head}");
     assert_eq!(
         lines_of(&head),
@@ -1367,9 +1374,9 @@ fn upstream_head_from_the_raw_head_drops_what_the_header_path_drops() {
         ("GET / HTTP/1.0\r\nHost: app.test\r\nConnection: keep-alive\r\n\r\n", false),
     ] {
         let edge = Edge::new();
-        let (raw, req) = h1_request(head);
+        let (raw, req, lines) = h1_request(head);
         assert_eq!(req.headers.contains_key(header::UPGRADE), upgrade, "{head:?}");
-        let from_raw = head_upstream(&edge, &req, Some(&raw), upgrade);
+        let from_raw = head_upstream(&edge, &req, Some(lines.over(&raw)), upgrade);
         let from_map = head_upstream(&edge, &req, None, upgrade);
         let first = |h: &str| h.split("\r\n").next().unwrap().to_string();
         assert_eq!(first(&from_raw), first(&from_map), "{head:?}");
@@ -1443,12 +1450,12 @@ fn raw_line_follows_the_header_rules_for_every_name() {
 
 #[test]
 fn an_edited_head_keeps_the_clients_spelling_of_names() {
-    let (raw, req) =
+    let (raw, req, lines) =
         h1_request("GET / HTTP/1.1\r\nHOST: app.test\r\nX-Custom: 1\r\nuser-agent: t\r\n\r\n");
     let mut up = req.clone();
     up.insert_header("x-added", "2").unwrap();
     let mut out = Vec::new();
-    edited_head(&up, Some(&raw), &mut out);
+    edited_head(&up, Some(lines.over(&raw)), &mut out);
     let head = String::from_utf8(out).unwrap();
     assert_eq!(
         head,
