@@ -229,6 +229,14 @@ pub fn check_head<'h, 'b>(
 /// httparse reads them. A plain scan, without a second parse: the checks already refused
 /// bare LFs, folded lines and malformed names, so every line is `name:value\r\n`.
 pub fn header_lines(head: &[u8]) -> HeaderLines<'_> {
+    // Empty lines before the request line are allowed (RFC 9112 §2.2; httparse skips them,
+    // and bare LFs were refused): the request line is the first line with something in it.
+    // Taking an empty line for it would read the request line as the head's end, and lose
+    // every header line (Host, Content-Length) on the way upstream.
+    let mut head = head;
+    while let Some(rest) = head.strip_prefix(b"\r\n") {
+        head = rest;
+    }
     // The request line is not a header line.
     let start = head
         .iter()
@@ -550,6 +558,10 @@ mod tests {
             "GET / HTTP/1.1\r\nHost:a\r\nX-Empty:\r\nx-tab:\t v\t\r\nX-Colon: a:b: c \r\n\r\n",
             "GET / HTTP/1.0\r\n\r\n",
             "POST /p HTTP/1.1\r\nHost: a\r\nCoOkIe: a=1\r\ncookie: b=2\r\nUser-Agent: x/1 (y)\r\nContent-Length: 0\r\n\r\n",
+            // Empty lines before the request line (a client's CRLF after a body): the
+            // request line is still not taken for a header line, nor for the head's end.
+            "\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n",
+            "\r\n\r\nGET /a:b HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             let mut slots = header_slots();
             let (_, req) = check_head(head.as_bytes(), &limits(), &mut slots).unwrap();

@@ -1979,3 +1979,38 @@ async fn send_lines(c: &mut Conn, up: &Upstream, host: &str) -> Vec<String> {
     assert_eq!(seen.header("x-forwarded-host"), Some(host));
     seen.headers.into_iter().map(|(k, _)| k).collect()
 }
+
+/// Empty lines before a request line are allowed (RFC 9112 §2.2). With more header lines
+/// than the session keeps the places of, the head's lines are found by a scan: that scan
+/// must not take the empty line for the request line, or the head would go upstream without
+/// Host and Content-Length and its body be read as a second request (smuggling).
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_leading_empty_line_and_many_headers_smuggle_nothing() {
+    let up = Upstream::start(echo).await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+    let mut c = Conn::open(proxy.http_addr).await;
+
+    let smuggled = format!("GET /admin HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let mut req = format!(
+        "\r\nPOST /form HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n",
+        smuggled.len()
+    );
+    for i in 0..20 {
+        req.push_str(&format!("X-Extra-{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&smuggled);
+    c.send(req.as_bytes()).await;
+    let resp = c.response(false).await;
+    assert_eq!(resp.status, 200, "{}", resp.body_str());
+    let resp = c.get("/next").await;
+    assert_eq!(resp.status, 200);
+
+    let seen = up.requests();
+    let targets: Vec<&str> = seen.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/form", "/next"], "a body became a request");
+    let form = &seen[0];
+    assert_eq!(form.header("host"), Some(HOST));
+    assert_eq!(form.header("x-extra-19"), Some("v"));
+    assert_eq!(form.body, smuggled.as_bytes());
+}
