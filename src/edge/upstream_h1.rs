@@ -436,10 +436,16 @@ impl RawResponse {
     /// names in the backend's case, in its order — less Connection and the hop-by-hop
     /// headers, with `date` in the first Date's place. Returns whether a Date was written.
     pub fn write_client_lines(&self, date: &[u8], out: &mut Vec<u8>) -> bool {
-        let mut dated = false;
+        let (mut dated, mut length_written) = (false, false);
         for span in &self.spans {
             let (name, value) = match span.kind {
                 Kind::Connection | Kind::HopByHop => continue,
+                // Repeated (with the same value: `inspect` refused others), it goes on once.
+                Kind::ContentLength if length_written => continue,
+                Kind::ContentLength => {
+                    length_written = true;
+                    (&self.head[span.name()], &self.head[span.value()])
+                }
                 Kind::Date if dated => continue,
                 Kind::Date => {
                     dated = true;
@@ -558,6 +564,23 @@ fn inspect(
             Kind::Date | Kind::HopByHop | Kind::Other => {}
         }
     }
+    if coded && length.is_some() {
+        // Which one frames the body is a guess a proxy must not pass on (RFC 9112 §6.3
+        // calls it a smuggling attempt); nginx answers 502 too.
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "both Content-Length and Transfer-Encoding in a response",
+        );
+    }
+    if coded && !chunked {
+        // A coding that does not end in chunked is read until close; passed on with its
+        // Transfer-Encoding, the client would read the proxy's re-framed body as its own
+        // (nginx refuses it as well).
+        return Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "a response Transfer-Encoding that does not end in chunked",
+        );
+    }
     let informational = (100..200).contains(&status) && status != 101;
     let body = if informational {
         None
@@ -567,12 +590,7 @@ fn inspect(
         } else if head_request || status == 204 || status == 304 {
             BodyFraming::Done
         } else if coded {
-            if chunked {
-                BodyFraming::Chunked(ChunkedDecoder::default())
-            } else {
-                close = true;
-                BodyFraming::UntilClose
-            }
+            BodyFraming::Chunked(ChunkedDecoder::default())
         } else if let Some(n) = length {
             if n == 0 {
                 BodyFraming::Done
@@ -716,5 +734,19 @@ mod tests {
             parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
         );
         assert!(parse(b"HTTP/1.1 099 Low\r\n\r\n").is_err());
+        // Framing a proxy must not guess at: refused (the client gets a 502).
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").is_err());
+        // The same length twice is one length, and goes to the client once.
+        let (p, _) =
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok").unwrap();
+        assert_eq!(p.body, Some(BodyFraming::Length(2)));
+        let mut out = Vec::new();
+        p.raw.write_client_lines(b"now", &mut out);
+        assert_eq!(out, b"Content-Length: 2\r\n");
     }
 }

@@ -2014,3 +2014,31 @@ async fn h1_leading_empty_line_and_many_headers_smuggle_nothing() {
     assert_eq!(form.header("x-extra-19"), Some("v"));
     assert_eq!(form.body, smuggled.as_bytes());
 }
+
+/// A backend response whose framing a proxy would have to guess at — Content-Length with
+/// Transfer-Encoding, or a coding that does not end in chunked — is a 502, as nginx answers
+/// it, and nothing of its body reaches the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn h1_response_with_ambiguous_framing_is_a_502() {
+    let up = Upstream::start(|req| match req.target.as_str() {
+        "/both" => Reply::SendClose(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        "/gzip" => Reply::SendClose(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot framed".to_vec(),
+        ),
+        _ => echo(req),
+    })
+    .await;
+    let proxy = Proxy::start(&config(&up, "")).await;
+    for path in ["/both", "/gzip"] {
+        let mut c = Conn::open(proxy.http_addr).await;
+        let resp = c.get(path).await;
+        assert_eq!(resp.status, 502, "{path}: {:?}", resp.headers);
+        assert!(resp.body.is_empty(), "{path}: {}", resp.body_str());
+    }
+    let mut c = Conn::open(proxy.http_addr).await;
+    assert_eq!(c.get("/next").await.status, 200);
+}
