@@ -663,6 +663,12 @@ impl<'a> RawHead<'a> {
         RawHead { head, spans: None }
     }
 
+    /// The places of its lines were kept from the parse (`KeptLines`): `lines` reads them
+    /// without scanning the head.
+    pub(crate) fn lines_kept(&self) -> bool {
+        self.spans.is_some()
+    }
+
     /// Its header lines in the client's order: each name as sent, each value without the
     /// whitespace around it.
     pub(crate) fn lines(self) -> RawLines<'a> {

@@ -744,9 +744,11 @@ fn raw_line(name: &[u8], upgrade: bool, keep_id: bool) -> RawLine {
 /// each name in the client's spelling when the client sent it (found in its HTTP/1 head,
 /// `raw`), else as the header has it. From HTTP/1 only routes with `request_headers` and
 /// requests whose Connection names other headers come here: a search per name is cheap
-/// enough for them.
+/// enough for them while the session kept the places of the head's lines (a few). A head
+/// with more lines goes on with the header's names: a search per name through a scan of the
+/// head would be quadratic in what a client sends, on a path any client can choose.
 pub(crate) fn edited_head(req: &RequestHeader, raw: Option<RawHead<'_>>, out: &mut Vec<u8>) {
-    let Some(raw) = raw else {
+    let Some(raw) = raw.filter(RawHead::lines_kept) else {
         return crate::edge::upstream_h1::request_head(req, out);
     };
     out.extend_from_slice(req.method.as_str().as_bytes());
