@@ -294,7 +294,7 @@ impl ClientSession {
         if self.final_written() {
             return Ok(());
         }
-        self.frame_response(raw.status, raw.coded, raw.length);
+        self.frame_response(raw.status.as_u16(), raw.coded, raw.length);
         let mut head = Vec::with_capacity(256);
         raw.write_status_line(&mut head);
         let date = get_cached_date();
@@ -318,9 +318,7 @@ impl ClientSession {
         };
         line(b"Connection", connection);
         head.extend_from_slice(b"\r\n");
-        let status = http::StatusCode::from_u16(raw.status)
-            .or_err(ErrorType::InternalError, "a response status")?;
-        self.send_head(&head, status).await
+        self.send_head(&head, raw.status).await
     }
 
     /// A final response was written (a 1xx other than 101 is not one).

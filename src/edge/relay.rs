@@ -343,12 +343,6 @@ impl EdgeProxy {
         mut resp: Box<ResponseHeader>,
     ) -> Result<()> {
         self.client_response(&mut resp, ctx)?;
-        let mut lengths = resp.headers.get_all(header::CONTENT_LENGTH).iter();
-        if let (Some(first), Some(_)) = (lengths.next(), lengths.next()) {
-            // Repeated with the same value (`upstream_h1` refused others): sent once.
-            let first = first.clone();
-            resp.insert_header(header::CONTENT_LENGTH, first)?;
-        }
         let length = resp.headers.contains_key(header::CONTENT_LENGTH);
         let coded = resp.headers.contains_key(header::TRANSFER_ENCODING);
         if needs_chunking(session, resp.status.as_u16(), length, coded) {
@@ -534,7 +528,12 @@ fn writes_through<S: Downstream>(session: &S, ctx: &RequestCtx, raw: &RawRespons
     plain
         && raw.status != 101
         && !raw.connection_names_others
-        && !needs_chunking(session, raw.status, raw.length.is_some(), raw.coded)
+        && !needs_chunking(
+            session,
+            raw.status.as_u16(),
+            raw.length.is_some(),
+            raw.coded,
+        )
         && !(raw.coded && session.req_header().version == http::Version::HTTP_10)
 }
 

@@ -209,7 +209,7 @@ impl UpstreamSession {
         // them without a copy.
         let head = self.buf.split_to(line.len).freeze();
         let (response, body, keepalive) = inspect(line, head, spans, self.head_request)?;
-        self.status = response.status;
+        self.status = response.status.as_u16();
         self.response = Some(response);
         self.body = body;
         self.keepalive = keepalive;
@@ -218,7 +218,7 @@ impl UpstreamSession {
 
     /// The status of the response head read last and not yet taken.
     pub fn head_status(&self) -> Option<u16> {
-        self.response.as_ref().map(|r| r.status)
+        self.response.as_ref().map(|r| r.status.as_u16())
     }
 
     /// The response head, for the client's response to be made of (no copy).
@@ -362,7 +362,7 @@ impl Span {
 /// The status line of a complete head, and the head's length.
 struct StatusLine {
     len: usize,
-    status: u16,
+    status: http::StatusCode,
     /// Where a reason phrase other than the status's own lies in the head.
     reason: Option<(u32, u32)>,
     version_11: bool,
@@ -376,7 +376,7 @@ pub struct RawResponse {
     head: Bytes,
     spans: Vec<Span>,
     reason: Option<(u32, u32)>,
-    pub status: u16,
+    pub status: http::StatusCode,
     /// The response has Content-Length (`Some`, the value) or Transfer-Encoding (`coded`).
     pub length: Option<u64>,
     pub coded: bool,
@@ -391,8 +391,7 @@ impl RawResponse {
     /// The response as a header to edit (no case map; values are views into the head).
     pub fn to_header(&self) -> Result<Box<ResponseHeader>> {
         let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = http::StatusCode::from_u16(self.status)
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid status")?;
+        parts.status = self.status;
         // Room for what the proxy adds (X-Request-Id, Strict-Transport-Security, ...).
         let mut headers = HeaderMap::with_capacity(self.spans.len() + 4);
         for &span in &self.spans {
@@ -418,16 +417,11 @@ impl RawResponse {
     /// backend's own reason phrase, else the status's.
     pub fn write_status_line(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"HTTP/1.1 ");
-        let code = http::StatusCode::from_u16(self.status).ok();
-        out.extend_from_slice(code.as_ref().map_or("", |c| c.as_str()).as_bytes());
+        out.extend_from_slice(self.status.as_str().as_bytes());
         out.push(b' ');
         match self.reason {
             Some((start, end)) => out.extend_from_slice(&self.head[start as usize..end as usize]),
-            None => out.extend_from_slice(
-                code.and_then(|c| c.canonical_reason())
-                    .unwrap_or("")
-                    .as_bytes(),
-            ),
+            None => out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes()),
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -436,16 +430,10 @@ impl RawResponse {
     /// names in the backend's case, in its order — less Connection and the hop-by-hop
     /// headers, with `date` in the first Date's place. Returns whether a Date was written.
     pub fn write_client_lines(&self, date: &[u8], out: &mut Vec<u8>) -> bool {
-        let (mut dated, mut length_written) = (false, false);
+        let mut dated = false;
         for span in &self.spans {
             let (name, value) = match span.kind {
                 Kind::Connection | Kind::HopByHop => continue,
-                // Repeated (with the same value: `inspect` refused others), it goes on once.
-                Kind::ContentLength if length_written => continue,
-                Kind::ContentLength => {
-                    length_written = true;
-                    (&self.head[span.name()], &self.head[span.value()])
-                }
                 Kind::Date if dated => continue,
                 Kind::Date => {
                     dated = true;
@@ -503,7 +491,7 @@ fn scan_head<'b>(
         .collect();
     let line = StatusLine {
         len,
-        status,
+        status: code,
         reason,
         version_11: parsed.version == Some(1),
     };
@@ -516,10 +504,11 @@ fn scan_head<'b>(
 fn inspect(
     line: StatusLine,
     head: Bytes,
-    spans: Vec<Span>,
+    mut spans: Vec<Span>,
     head_request: bool,
 ) -> Result<(RawResponse, Option<BodyFraming>, bool)> {
-    let status = line.status;
+    let status = line.status.as_u16();
+    let mut repeated_length = false;
     let mut close = !line.version_11;
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -538,6 +527,7 @@ fn inspect(
                         "conflicting Content-Length values",
                     );
                 }
+                repeated_length |= length.is_some();
                 length = Some(n);
             }
             Kind::TransferEncoding => {
@@ -602,11 +592,17 @@ fn inspect(
             BodyFraming::UntilClose
         })
     };
+    if repeated_length {
+        // The same length twice is one length: the line goes on once, whichever way the
+        // client's head is written (straight from these lines, or from the header they make).
+        let mut seen = false;
+        spans.retain(|s| s.kind != Kind::ContentLength || !std::mem::replace(&mut seen, true));
+    }
     let response = RawResponse {
         head,
         spans,
         reason: line.reason,
-        status,
+        status: line.status,
         length,
         coded,
         has_hsts,
