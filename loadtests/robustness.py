@@ -39,6 +39,11 @@ lenient parser:
 Everything else a hostile request can lead to is counted and printed, not a violation:
 which hostile messages were forwarded although the SPEC wants a 400 (SPEC BREACHES), and
 mutated messages that happen to be valid HTTP and were forwarded intact ("mutated-but-valid").
+
+A valid request that gets no response within VALID_WAIT (15 s) is counted "held". The wait
+runs from the last piece the proxy took while the client writes, then per response. With
+STALL_DUMP=FILE, each such connection's sockets (`ss -tni`, both ends) and any backend
+socket with bytes queued are appended to FILE before it closes: which side stopped.
 """
 
 import argparse
@@ -969,10 +974,12 @@ class Client:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return reader, writer
 
-    async def write_pieces(self, writer, pieces, rng, delay=None, reader=None):
+    async def write_pieces(self, writer, pieces, rng, delay=None, reader=None, progress=None):
         for k, p in enumerate(pieces):
             writer.write(p)
             await writer.drain()
+            if progress is not None:
+                progress()
             if k + 1 < len(pieces):
                 await asyncio.sleep(delay if delay is not None else rng.choice((0, 0, 0.001, 0.003)))
                 # a slow client stops writing once the server has answered or closed
@@ -1011,14 +1018,20 @@ class Client:
         done = 0
         stage = ["-"]
         try:
-            # VALID_WAIT bounds each request (each response of a pipeline), not the connection
+            # VALID_WAIT bounds each request (each response of a pipeline), not the connection.
+            # While writing, each piece the proxy takes moves the deadline: this client's own
+            # pauses between pieces (thousands of them for a body cut inside its chunk-size
+            # lines, on an event loop this busy) are not the proxy's time, but a proxy that
+            # stops reading stops the writes, and the deadline passes.
             loop = asyncio.get_running_loop()
             async with asyncio.timeout(None) as cm:
+                def progress():
+                    cm.reschedule(loop.time() + self.camp.a.valid_wait)
                 if pipelined and valid:
                     raw = b"".join(r for _, r in valid)
                     cm.reschedule(loop.time() + self.camp.a.valid_wait)
                     stage = ["writing"]
-                    await self.write_pieces(writer, split_points(rng, raw), rng)
+                    await self.write_pieces(writer, split_points(rng, raw), rng, progress=progress)
                     stage[0] = "written, reading"
                     for it, _ in valid:
                         cm.reschedule(loop.time() + self.camp.a.valid_wait)
@@ -1029,8 +1042,9 @@ class Client:
                     for it, raw in valid:
                         cm.reschedule(loop.time() + self.camp.a.valid_wait)
                         stage = ["writing"]
-                        await self.write_pieces(writer, split_points(rng, raw), rng)
+                        await self.write_pieces(writer, split_points(rng, raw), rng, progress=progress)
                         stage[0] = "written, reading"
+                        cm.reschedule(loop.time() + self.camp.a.valid_wait)
                         st, h = await read_response(reader)
                         camp.outcome(it, self.check_valid_response(it, st, h))
                         done += 1
@@ -1048,6 +1062,19 @@ class Client:
                             "%s %s body %dB\n" % (camp.a.valid_wait, done, len(valid),
                                                   "pipelined" if pipelined else "sequential", stage[0], valid[done][0].rid,
                                             valid[done][0].method, valid[done][0].path, valid[done][0].body_len))
+            if os.environ.get("STALL_DUMP"):
+                # What stood on this connection (both ends: queues, bytes each way, when each
+                # side last sent) and on any backend connection with bytes unread.
+                port = writer.get_extra_info("sockname")[1]
+                conn = subprocess.run(["ss", "-tni", "( sport = :%d or dport = :%d )" % (port, port)],
+                                      capture_output=True, text=True).stdout
+                backend = subprocess.run(["ss", "-tn", "( sport = :%d or dport = :%d )"
+                                          % (camp.a.backend_port, camp.a.backend_port)],
+                                         capture_output=True, text=True).stdout.splitlines()
+                queued = [ln for ln in backend[1:] if ln.split()[1:3] != ["0", "0"]]
+                with open(os.environ["STALL_DUMP"], "a") as f:
+                    f.write("== client port %d, %d of %d done, stage %s\n%s-- backend sockets with queued bytes: %d\n%s\n"
+                            % (port, done, len(valid), stage[0], conn, len(queued), "\n".join(queued)))
             for it, _ in valid[done:]:
                 camp.outcome(it, "no response, held open")
             if tail:
