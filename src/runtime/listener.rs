@@ -125,6 +125,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         let app = app.clone();
         let shutdown = shutdown.clone();
         pingora_runtime::current_handle().spawn(async move {
+            let _floor = crate::runtime::timer_floor::hold();
             app.process_new(Box::new(stream), &shutdown).await;
         });
     }

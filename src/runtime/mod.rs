@@ -10,4 +10,5 @@ pub mod rate_limiter;
 pub mod seams;
 pub mod shared;
 pub mod snapshot;
+pub mod timer_floor;
 pub mod wrapped_stream;
