@@ -23,6 +23,7 @@ use crate::core::config::Limits;
 use crate::core::request_head::{self, parse_length, Refusal, Rejection};
 use crate::edge::body::BodyFraming;
 use crate::edge::chunked::{encode_chunk, ChunkedDecoder, Step};
+use crate::edge::presence::HeaderPresence;
 use crate::edge::upstream_h1::RawResponse;
 
 /// A client that closes inside its body (pingora's name for it).
@@ -59,6 +60,7 @@ pub struct ClientSession {
     head: Bytes,
     /// Where its header lines lie.
     lines: KeptLines,
+    presence: HeaderPresence,
     req: RequestHeader,
     body: RequestBody,
     /// `Some`: the connection may serve another request (the value is pingora's
@@ -90,6 +92,7 @@ impl ClientSession {
             body,
             keepalive,
             lines,
+            presence,
         } = match parse_request(&head, limits) {
             Ok(parsed) => parsed,
             Err(refusal) => return Err(BadHead(stream, refusal)),
@@ -102,6 +105,7 @@ impl ClientSession {
             buf,
             head,
             lines,
+            presence,
             req,
             body,
             keepalive,
@@ -114,7 +118,7 @@ impl ClientSession {
 
     /// The request head as the client sent it (see `Downstream::raw_head`).
     pub(crate) fn raw_head(&self) -> RawHead<'_> {
-        self.lines.over(&self.head)
+        self.lines.over(&self.head, self.presence)
     }
 
     pub fn req_header(&self) -> &RequestHeader {
@@ -132,7 +136,9 @@ impl ClientSession {
 
     /// An HTTP/1.1 request with an Upgrade header (pingora's rule).
     pub fn is_upgrade_req(&self) -> bool {
-        self.req.version == http::Version::HTTP_11 && self.req.headers.contains_key(header::UPGRADE)
+        self.req.version == http::Version::HTTP_11
+            && self.presence.may_have(HeaderPresence::UPGRADE)
+            && self.req.headers.contains_key(header::UPGRADE)
     }
 
     /// The request body has been read to its end (or there is none).
@@ -528,7 +534,9 @@ pub(crate) fn parse_request(head: &Bytes, limits: &Limits) -> Result<ParsedReque
         http::Version::HTTP_10
     });
     let lines = KeptLines::of(head, parsed.headers);
+    let mut presence = HeaderPresence::NONE;
     for h in parsed.headers.iter() {
+        presence.note(h.name.as_bytes());
         let name = head.slice_ref(h.name.as_bytes());
         // A view into the head, not a copy.
         let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).map_err(|_| BAD)?;
@@ -557,6 +565,7 @@ pub(crate) fn parse_request(head: &Bytes, limits: &Limits) -> Result<ParsedReque
         body,
         keepalive,
         lines,
+        presence,
     })
 }
 
@@ -584,6 +593,8 @@ pub(crate) struct ParsedRequest {
     /// The client wants the connection kept (`client_keepalive`).
     pub keepalive: bool,
     pub lines: KeptLines,
+    /// Which of the request path's headers the head has.
+    pub presence: HeaderPresence,
 }
 
 /// How many header lines' places a session keeps: most requests have fewer.
@@ -639,10 +650,11 @@ impl KeptLines {
     }
 
     /// The head these places are in, with them.
-    pub(crate) fn over<'a>(&'a self, head: &'a [u8]) -> RawHead<'a> {
+    pub(crate) fn over<'a>(&'a self, head: &'a [u8], presence: HeaderPresence) -> RawHead<'a> {
         RawHead {
             head,
             spans: self.count.map(|n| &self.spans[..usize::from(n)]),
+            presence,
         }
     }
 }
@@ -652,13 +664,23 @@ impl KeptLines {
 pub(crate) struct RawHead<'a> {
     head: &'a [u8],
     spans: Option<&'a [LineSpan]>,
+    presence: HeaderPresence,
 }
 
 impl<'a> RawHead<'a> {
     /// A head whose lines are found by scanning it (a head `check_head` accepted).
     #[cfg(test)]
     pub(crate) fn scanned(head: &'a [u8]) -> RawHead<'a> {
-        RawHead { head, spans: None }
+        RawHead {
+            head,
+            spans: None,
+            presence: HeaderPresence::UNKNOWN,
+        }
+    }
+
+    /// Which of the request path's headers the head has (see `edge::presence`).
+    pub(crate) fn presence(&self) -> HeaderPresence {
+        self.presence
     }
 
     /// The places of its lines were kept from the parse (`KeptLines`): `lines` reads them
@@ -952,7 +974,7 @@ mod tests {
         ] {
             let bytes = Bytes::copy_from_slice(head.as_bytes());
             let parsed = parse_request(&bytes, &Limits::default()).unwrap();
-            let kept = parsed.lines.over(&bytes);
+            let kept = parsed.lines.over(&bytes, parsed.presence);
             assert_eq!(
                 kept.spans.is_some(),
                 head != many,

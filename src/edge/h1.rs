@@ -254,7 +254,10 @@ impl EdgeApp {
             // pingora reads "keep-alive" as "forever"; an idle client gets the idle timeout.
             session.set_keepalive(Some(limits.idle_timeout.as_secs()));
         }
-        if let Err(refusal) = crate::edge::proxy::sanitize_request(session.req_header_mut()) {
+        let presence = session.raw_head().presence();
+        if let Err(refusal) =
+            crate::edge::proxy::sanitize_request(session.req_header_mut(), presence)
+        {
             metrics::global().rejected(refusal.reason);
             session.set_keepalive(None);
             let _ = session.respond_error(refusal.status).await;

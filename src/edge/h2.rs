@@ -21,6 +21,7 @@ use pingora_http::RequestHeader;
 use crate::core::config::Limits;
 use crate::core::request_head::{Refusal, Rejection};
 use crate::edge::downstream::Downstream;
+use crate::edge::presence::HeaderPresence;
 use crate::edge::proxy::{sanitize_request, status_sent, EdgeProxy, RequestCtx};
 use crate::edge::relay::BodyLimits;
 use crate::runtime::metrics;
@@ -56,7 +57,7 @@ impl H2App {
     async fn serve_stream(&self, mut session: ServerSession) {
         let limits = self.edge.shared.snapshot.load().config.limits;
         session.set_write_timeout(Some(SEND_TIMEOUT));
-        let checked = sanitize_request(session.req_header_mut())
+        let checked = sanitize_request(session.req_header_mut(), HeaderPresence::UNKNOWN)
             .and_then(|()| head_limits(session.req_header(), &limits));
         if let Err(refusal) = checked {
             metrics::global().rejected(refusal.reason);

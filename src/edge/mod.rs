@@ -7,6 +7,7 @@
 //! framing and `chunked` their chunked decoder,
 //! `coalesce` sends a response head and short body in one write; `proxy` holds the
 //! per-request decisions (route, color, headers, metrics);
+//! `presence` notes which headers an HTTP/1 request has, so absent ones are not looked up;
 //! `client_addr` says who the client is (PROXY protocol, trusted X-Forwarded-For);
 //! `middleware` holds a route's header edits, rate limit and compression; `upstream` keeps
 //! idle backend connections per thread; `replay` gives back bytes read ahead.
@@ -20,6 +21,7 @@ pub mod downstream;
 pub mod h1;
 pub mod h2;
 pub mod middleware;
+pub mod presence;
 pub mod proxy;
 pub mod relay;
 pub mod replay;

@@ -24,6 +24,7 @@ use crate::edge::client_addr::{self, forwarded_entries, Client, X_FORWARDED_FOR}
 use crate::edge::client_h1::RawHead;
 use crate::edge::middleware::compress::{self, Encoder, Negotiated};
 use crate::edge::middleware::{headers, rate_limit};
+use crate::edge::presence::HeaderPresence;
 use crate::runtime::metrics::{self, UpstreamErrorKind};
 use crate::runtime::pool::{Pool, PoolLoad};
 use crate::runtime::seams::Http01Answers;
@@ -503,20 +504,26 @@ impl EdgeProxy {
             },
         };
         let h2 = req.version == http::Version::HTTP_2;
-        let names_others = req.headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes().split(|&c| c == b',').any(|t| {
-                let t = t.trim_ascii();
-                !(t.is_empty()
-                    || t.eq_ignore_ascii_case(b"close")
-                    || t.eq_ignore_ascii_case(b"keep-alive")
-                    || t.eq_ignore_ascii_case(b"upgrade"))
-            })
-        });
+        let presence = raw.map_or(HeaderPresence::UNKNOWN, |r| r.presence());
+        let names_others = presence.may_have(HeaderPresence::CONNECTION)
+            && req.headers.get_all(header::CONNECTION).iter().any(|v| {
+                v.as_bytes().split(|&c| c == b',').any(|t| {
+                    let t = t.trim_ascii();
+                    !(t.is_empty()
+                        || t.eq_ignore_ascii_case(b"close")
+                        || t.eq_ignore_ascii_case(b"keep-alive")
+                        || t.eq_ignore_ascii_case(b"upgrade"))
+                })
+            });
         if names_others {
             return false;
         }
         // The client's own X-Request-Id goes on as sent, unless it is empty.
-        let client_id = req.headers.get(&X_REQUEST_ID).filter(|v| !v.is_empty());
+        let client_id = presence
+            .may_have(HeaderPresence::X_REQUEST_ID)
+            .then(|| req.headers.get(&X_REQUEST_ID))
+            .flatten()
+            .filter(|v| !v.is_empty());
         let keep_id = client_id.is_some();
         out.extend_from_slice(req.method.as_str().as_bytes());
         out.push(b' ');
@@ -578,7 +585,7 @@ impl EdgeProxy {
         // Written in place: no header value is made only to be copied out again.
         let mark = out.len();
         out.extend_from_slice(b"X-Forwarded-For: ");
-        if forwarded_value(&req.headers, ctx.client, out) {
+        if forwarded_value(&req.headers, presence, ctx.client, out) {
             out.extend_from_slice(b"\r\n");
         } else {
             out.truncate(mark);
@@ -774,7 +781,7 @@ pub(crate) fn edited_head(req: &RequestHeader, raw: Option<RawHead<'_>>, out: &m
 /// entries up to and including it, so the last entry a backend sees is always the client.
 fn forwarded_for(headers: &http::HeaderMap, client: Client) -> Option<HeaderValue> {
     let mut buf = Vec::with_capacity(64);
-    if !forwarded_value(headers, client, &mut buf) {
+    if !forwarded_value(headers, HeaderPresence::UNKNOWN, client, &mut buf) {
         return None;
     }
     Some(
@@ -785,7 +792,12 @@ fn forwarded_for(headers: &http::HeaderMap, client: Client) -> Option<HeaderValu
 
 /// Appends X-Forwarded-For's value to `out` (see `forwarded_for`); `false`, appending
 /// nothing, when the client's address is unknown.
-fn forwarded_value(headers: &http::HeaderMap, client: Client, out: &mut Vec<u8>) -> bool {
+fn forwarded_value(
+    headers: &http::HeaderMap,
+    presence: HeaderPresence,
+    client: Client,
+    out: &mut Vec<u8>,
+) -> bool {
     let Some(ip) = client.ip else {
         return false;
     };
@@ -793,9 +805,11 @@ fn forwarded_value(headers: &http::HeaderMap, client: Client, out: &mut Vec<u8>)
         None => {
             // `prev, ip` or `ip`, where `prev` joins every X-Forwarded-For line the client
             // sent, in order.
-            for p in headers.get_all(&X_FORWARDED_FOR) {
-                out.extend_from_slice(p.as_bytes());
-                out.extend_from_slice(b", ");
+            if presence.may_have(HeaderPresence::X_FORWARDED_FOR) {
+                for p in headers.get_all(&X_FORWARDED_FOR) {
+                    out.extend_from_slice(p.as_bytes());
+                    out.extend_from_slice(b", ");
+                }
             }
             let (text, text_len) = ip_text(ip);
             out.extend_from_slice(&text[..text_len]);
@@ -868,7 +882,10 @@ fn join_cookies(req: &mut RequestHeader) -> Result<()> {
 /// normalised (what prefixes match and what the backend gets; `Err` when it climbs above
 /// `/`), an Upgrade other than WebSocket dropped (h2c and friends are not proxied), framing
 /// headers in their one canonical form (the head checks allow a little whitespace).
-pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(), Refusal> {
+pub(crate) fn sanitize_request(
+    req: &mut RequestHeader,
+    presence: HeaderPresence,
+) -> std::result::Result<(), Refusal> {
     const BAD: Refusal = Refusal::new(400, Rejection::BadRequest);
     let normalized = match req.uri.path_and_query() {
         Some(pq) => match normalize_path(pq.as_str())? {
@@ -903,12 +920,19 @@ pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(
         };
         req.set_uri(uri);
     }
-    if let Some(up) = req.headers.get(header::UPGRADE) {
+    let has = |name| presence.may_have(name);
+    if let Some(up) = has(HeaderPresence::UPGRADE)
+        .then(|| req.headers.get(header::UPGRADE))
+        .flatten()
+    {
         if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
             req.remove_header(&header::UPGRADE);
         }
     }
-    if let Some(te) = req.headers.get(header::TRANSFER_ENCODING) {
+    if let Some(te) = has(HeaderPresence::TRANSFER_ENCODING)
+        .then(|| req.headers.get(header::TRANSFER_ENCODING))
+        .flatten()
+    {
         if te.as_bytes() != b"chunked" {
             let _ = req.insert_header(
                 header::TRANSFER_ENCODING,
@@ -916,7 +940,10 @@ pub(crate) fn sanitize_request(req: &mut RequestHeader) -> std::result::Result<(
             );
         }
     }
-    if let Some(cl) = req.headers.get(header::CONTENT_LENGTH) {
+    if let Some(cl) = has(HeaderPresence::CONTENT_LENGTH)
+        .then(|| req.headers.get(header::CONTENT_LENGTH))
+        .flatten()
+    {
         let v = cl.as_bytes();
         let canonical =
             !v.is_empty() && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);

@@ -817,7 +817,7 @@ fn check_drain_closes_an_upgraded_connection_once_its_color_drained() {
 // ---- sanitize_request --------------------------------------------------------------------
 
 fn sanitized(mut req: RequestHeader) -> std::result::Result<RequestHeader, Refusal> {
-    sanitize_request(&mut req).map(|()| req)
+    sanitize_request(&mut req, HeaderPresence::UNKNOWN).map(|()| req)
 }
 
 #[test]
@@ -1281,13 +1281,30 @@ fn ip_text_writes_an_address_as_its_display_does() {
 // ---- upstream_head from the client's HTTP/1 head ---------------------------------------------
 
 /// A client's HTTP/1 head as `edge::h1` takes it: checked, parsed once, then sanitised.
-fn h1_request(head: &str) -> (Bytes, RequestHeader, KeptLines) {
+fn h1_request(head: &str) -> (Bytes, RequestHeader, ParsedLines) {
     let head = Bytes::copy_from_slice(head.as_bytes());
     let limits = crate::core::config::Limits::default();
     let parsed = crate::edge::client_h1::parse_request(&head, &limits).unwrap();
     let mut req = parsed.req;
-    sanitize_request(&mut req).unwrap();
-    (head, req, parsed.lines)
+    // As `edge::h1` does: what the parse noted spares the lookups of absent headers.
+    sanitize_request(&mut req, parsed.presence).unwrap();
+    let lines = ParsedLines {
+        lines: parsed.lines,
+        presence: parsed.presence,
+    };
+    (head, req, lines)
+}
+
+/// Where a parsed head's lines lie and which headers it has, as a session keeps them.
+struct ParsedLines {
+    lines: KeptLines,
+    presence: HeaderPresence,
+}
+
+impl ParsedLines {
+    fn over<'a>(&'a self, raw: &'a [u8]) -> RawHead<'a> {
+        self.lines.over(raw, self.presence)
+    }
 }
 
 /// The upstream head of `req` written by `upstream_head`, from `raw` when given.
