@@ -27,7 +27,8 @@ thread_local! {
 }
 
 /// Held by a connection's task for its life: the floor runs on the task's thread while any
-/// connection there holds one. Must be taken inside the thread's (current-thread) runtime.
+/// connection there holds one. Taken inside the thread's runtime, by a task that stays on its
+/// thread (pingora's runtimes with `work_stealing = false`, as `server::run` sets them).
 pub struct Hold(());
 
 pub fn hold() -> Hold {
@@ -40,7 +41,7 @@ pub fn hold() -> Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        HELD.with(|held| held.set(held.get() - 1));
+        HELD.with(|held| held.set(held.get().saturating_sub(1)));
     }
 }
 
