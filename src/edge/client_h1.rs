@@ -121,6 +121,11 @@ impl ClientSession {
         self.lines.over(&self.head, self.presence)
     }
 
+    /// Which of the request path's headers the head has (see `edge::presence`).
+    pub(crate) fn presence(&self) -> HeaderPresence {
+        self.presence
+    }
+
     pub fn req_header(&self) -> &RequestHeader {
         &self.req
     }
@@ -137,8 +142,10 @@ impl ClientSession {
     /// An HTTP/1.1 request with an Upgrade header (pingora's rule).
     pub fn is_upgrade_req(&self) -> bool {
         self.req.version == http::Version::HTTP_11
-            && self.presence.may_have(HeaderPresence::UPGRADE)
-            && self.req.headers.contains_key(header::UPGRADE)
+            && self
+                .presence
+                .get(&self.req.headers, HeaderPresence::UPGRADE, header::UPGRADE)
+                .is_some()
     }
 
     /// The request body has been read to its end (or there is none).

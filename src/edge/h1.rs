@@ -254,7 +254,7 @@ impl EdgeApp {
             // pingora reads "keep-alive" as "forever"; an idle client gets the idle timeout.
             session.set_keepalive(Some(limits.idle_timeout.as_secs()));
         }
-        let presence = session.raw_head().presence();
+        let presence = session.presence();
         if let Err(refusal) =
             crate::edge::proxy::sanitize_request(session.req_header_mut(), presence)
         {

@@ -7,6 +7,9 @@
 //! only ever cleared for a name the head did not have; edits that remove a header leave its
 //! bit set (the lookup then finds nothing), and none of the request path's edits adds one.
 
+use http::header::AsHeaderName;
+use http::{HeaderMap, HeaderValue};
+
 /// A set of the tracked header names; `UNKNOWN` (every bit set) where no head was parsed
 /// here (HTTP/2), so every lookup happens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,15 +23,13 @@ impl HeaderPresence {
     pub const CONNECTION: u8 = 1 << 1;
     pub const CONTENT_LENGTH: u8 = 1 << 2;
     pub const TRANSFER_ENCODING: u8 = 1 << 3;
-    pub const EXPECT: u8 = 1 << 4;
-    pub const X_REQUEST_ID: u8 = 1 << 5;
-    pub const X_FORWARDED_FOR: u8 = 1 << 6;
+    pub const X_REQUEST_ID: u8 = 1 << 4;
+    pub const X_FORWARDED_FOR: u8 = 1 << 5;
 
     /// Notes a header line's name.
     #[inline]
     pub fn note(&mut self, name: &[u8]) {
         let bit = match name.len() {
-            6 if name.eq_ignore_ascii_case(b"expect") => Self::EXPECT,
             7 if name.eq_ignore_ascii_case(b"upgrade") => Self::UPGRADE,
             10 if name.eq_ignore_ascii_case(b"connection") => Self::CONNECTION,
             12 if name.eq_ignore_ascii_case(b"x-request-id") => Self::X_REQUEST_ID,
@@ -46,6 +47,35 @@ impl HeaderPresence {
     pub fn may_have(self, name: u8) -> bool {
         self.0 & name != 0
     }
+
+    /// `headers.get(name)`, skipped when `bit` (the constant for `name`) says it is absent.
+    #[inline]
+    pub fn get(
+        self,
+        headers: &HeaderMap,
+        bit: u8,
+        name: impl AsHeaderName,
+    ) -> Option<&HeaderValue> {
+        if self.may_have(bit) {
+            headers.get(name)
+        } else {
+            None
+        }
+    }
+
+    /// `headers.get_all(name)`, as `get`.
+    #[inline]
+    pub fn get_all(
+        self,
+        headers: &HeaderMap,
+        bit: u8,
+        name: impl AsHeaderName,
+    ) -> impl Iterator<Item = &HeaderValue> {
+        self.may_have(bit)
+            .then(|| headers.get_all(name).iter())
+            .into_iter()
+            .flatten()
+    }
 }
 
 #[cfg(test)]
@@ -57,6 +87,7 @@ mod tests {
         let mut p = HeaderPresence::NONE;
         for name in [
             "Host",
+            "Expect",
             "Accept",
             "X-Forwarded-Host",
             "Content-Type",
@@ -70,7 +101,6 @@ mod tests {
             ("connection", HeaderPresence::CONNECTION),
             ("Content-Length", HeaderPresence::CONTENT_LENGTH),
             ("transfer-Encoding", HeaderPresence::TRANSFER_ENCODING),
-            ("Expect", HeaderPresence::EXPECT),
             ("x-request-id", HeaderPresence::X_REQUEST_ID),
             ("X-Forwarded-For", HeaderPresence::X_FORWARDED_FOR),
         ];

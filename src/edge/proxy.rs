@@ -505,8 +505,9 @@ impl EdgeProxy {
         };
         let h2 = req.version == http::Version::HTTP_2;
         let presence = raw.map_or(HeaderPresence::UNKNOWN, |r| r.presence());
-        let names_others = presence.may_have(HeaderPresence::CONNECTION)
-            && req.headers.get_all(header::CONNECTION).iter().any(|v| {
+        let names_others = presence
+            .get_all(&req.headers, HeaderPresence::CONNECTION, header::CONNECTION)
+            .any(|v| {
                 v.as_bytes().split(|&c| c == b',').any(|t| {
                     let t = t.trim_ascii();
                     !(t.is_empty()
@@ -520,9 +521,7 @@ impl EdgeProxy {
         }
         // The client's own X-Request-Id goes on as sent, unless it is empty.
         let client_id = presence
-            .may_have(HeaderPresence::X_REQUEST_ID)
-            .then(|| req.headers.get(&X_REQUEST_ID))
-            .flatten()
+            .get(&req.headers, HeaderPresence::X_REQUEST_ID, &X_REQUEST_ID)
             .filter(|v| !v.is_empty());
         let keep_id = client_id.is_some();
         out.extend_from_slice(req.method.as_str().as_bytes());
@@ -805,11 +804,9 @@ fn forwarded_value(
         None => {
             // `prev, ip` or `ip`, where `prev` joins every X-Forwarded-For line the client
             // sent, in order.
-            if presence.may_have(HeaderPresence::X_FORWARDED_FOR) {
-                for p in headers.get_all(&X_FORWARDED_FOR) {
-                    out.extend_from_slice(p.as_bytes());
-                    out.extend_from_slice(b", ");
-                }
+            for p in presence.get_all(headers, HeaderPresence::X_FORWARDED_FOR, &X_FORWARDED_FOR) {
+                out.extend_from_slice(p.as_bytes());
+                out.extend_from_slice(b", ");
             }
             let (text, text_len) = ip_text(ip);
             out.extend_from_slice(&text[..text_len]);
@@ -920,19 +917,13 @@ pub(crate) fn sanitize_request(
         };
         req.set_uri(uri);
     }
-    let has = |name| presence.may_have(name);
-    if let Some(up) = has(HeaderPresence::UPGRADE)
-        .then(|| req.headers.get(header::UPGRADE))
-        .flatten()
-    {
+    if let Some(up) = presence.get(&req.headers, HeaderPresence::UPGRADE, header::UPGRADE) {
         if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
             req.remove_header(&header::UPGRADE);
         }
     }
-    if let Some(te) = has(HeaderPresence::TRANSFER_ENCODING)
-        .then(|| req.headers.get(header::TRANSFER_ENCODING))
-        .flatten()
-    {
+    let te = HeaderPresence::TRANSFER_ENCODING;
+    if let Some(te) = presence.get(&req.headers, te, header::TRANSFER_ENCODING) {
         if te.as_bytes() != b"chunked" {
             let _ = req.insert_header(
                 header::TRANSFER_ENCODING,
@@ -940,10 +931,8 @@ pub(crate) fn sanitize_request(
             );
         }
     }
-    if let Some(cl) = has(HeaderPresence::CONTENT_LENGTH)
-        .then(|| req.headers.get(header::CONTENT_LENGTH))
-        .flatten()
-    {
+    let cl = HeaderPresence::CONTENT_LENGTH;
+    if let Some(cl) = presence.get(&req.headers, cl, header::CONTENT_LENGTH) {
         let v = cl.as_bytes();
         let canonical =
             !v.is_empty() && v.iter().all(u8::is_ascii_digit) && (v[0] != b'0' || v.len() == 1);
